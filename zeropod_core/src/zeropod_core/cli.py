@@ -1,0 +1,64 @@
+"""The ``zeropod`` command for people: ``plugins``, ``demo``.
+
+Subcommands import what they need lazily, so ``zeropod plugins`` stays quick and does not pull
+in the lab (containerd, images) machinery.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .model import RoleName
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    from .plugins import make_plugin_manager
+
+    roles = [RoleName(args.role)] if args.role != "all" else list(RoleName)
+    rows: list[dict[str, Any]] = []
+    for role in roles:
+        pm = make_plugin_manager(role)
+        rows.extend(record.as_json() for record in pm.records)
+    if args.hook:
+        rows = [row for row in rows if args.hook in row["hooks"]]
+    json.dump(rows, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .lab.demo import run_demo
+
+    return run_demo(keep=args.keep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zeropod", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    plugins = sub.add_parser("plugins", help="list plugins and their status as JSON")
+    plugins.add_argument("--role", choices=["all", *[r.value for r in RoleName]], default="all")
+    plugins.add_argument("--hook", help="only plugins implementing this hook")
+    plugins.set_defaults(func=_cmd_plugins)
+
+    demo = sub.add_parser("demo", help="run the embedded default: a private containerd and an app")
+    demo.add_argument("--keep", action="store_true", help="leave everything running (debugging)")
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from . import logs
+
+    args = build_parser().parse_args(argv)
+    logs.configure(level="WARNING")
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

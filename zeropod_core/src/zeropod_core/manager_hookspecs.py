@@ -1,0 +1,81 @@
+# Hookspecs have empty bodies by design: pluggy only reads their signatures.
+# mypy: disable-error-code="empty-body"
+"""Hook specifications for the per-node manager (entry point group ``zeropod.manager``).
+
+The manager is where heavy dependencies live (Prometheus client, Kubernetes client, gRPC), so
+its plugins may import them; the same rules as the shim's hooks apply otherwise: synchronous
+hooks, keyword arguments, provider objects with ``async`` methods for firstresult hooks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import pluggy
+
+from . import PROJECT_NAME
+
+if TYPE_CHECKING:
+    from .model import ContainerInfo, ContainerStatus
+    from .providers import CollectorRegistryLike, MigrationService
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+
+
+@hookspec(historic=True)
+def zeropod_manager_configure(settings: Mapping[str, str]) -> None:
+    """Called once when the manager starts, before it discovers shims.
+
+    :param settings: every ``ZEROPOD_*`` environment variable plus command line options.
+    """
+
+
+@hookspec
+def zeropod_node_capabilities() -> Mapping[str, object]:
+    """Report what this node can do for the plugin (shown in ``/healthz`` and at startup).
+
+    Example: ``{"criu": "4.2.1", "pre_dump": False}``. Results of all plugins are merged.
+    """
+
+
+@hookspec
+def zeropod_register_collectors(registry: CollectorRegistryLike) -> None:
+    """Register Prometheus collectors that the manager's ``/metrics`` serves.
+
+    :param registry: the manager's collector registry.
+    """
+
+
+@hookspec
+def zeropod_handle_status(status: ContainerStatus) -> None:
+    """A shim reported a phase change; resize requests, set labels, emit events.
+
+    Called for every event of every shim, in order per container.
+
+    :param status: the container, its new phase, the event time and duration.
+    """
+
+
+@hookspec
+def zeropod_sandbox_started(sandbox: ContainerInfo) -> None:
+    """A pod sandbox appeared on this node (its shim registered with the manager).
+
+    :param sandbox: the pod's sandbox (pause) container.
+    """
+
+
+@hookspec
+def zeropod_sandbox_stopped(sandbox: ContainerInfo) -> None:
+    """A pod sandbox went away; release what was set up for it.
+
+    :param sandbox: the pod's sandbox (pause) container.
+    """
+
+
+@hookspec(firstresult=True)
+def zeropod_make_migration_service(settings: Mapping[str, str]) -> MigrationService | None:
+    """Return the node-to-node migration endpoint, or None when migration is not installed.
+
+    :param settings: the manager's settings.
+    """

@@ -1,0 +1,150 @@
+"""The provider interfaces that firstresult factory hooks return.
+
+pluggy does not await coroutines (an unawaited coroutine would even count as a first result), so
+hooks stay synchronous and return *provider objects*; the core awaits their ``async`` methods
+itself. These are ``typing.Protocol`` classes: a plugin implements them structurally and never
+imports a base class it would have to keep in step with the core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from .model import ContainerInfo, Outcome
+
+
+@dataclass(frozen=True)
+class RestoredProcess:
+    """What a successful restore hands back: the new host PID of the container's init."""
+
+    pid: int
+    outcome: Outcome
+
+
+@dataclass(frozen=True)
+class RuncResult:
+    """Exit code and captured stderr of one runc invocation."""
+
+    returncode: int
+    stderr: str
+
+
+@dataclass(frozen=True)
+class StdioPipes:
+    """The write ends (stdout, stderr) and read end (stdin) runc should give the process.
+
+    On restore, runc maps these onto the restored process's pipe fds, so the shim keeps
+    forwarding output to containerd's FIFOs across checkpoints.
+    """
+
+    stdin: int | None
+    stdout: int | None
+    stderr: int | None
+
+
+class RuntimeHandle(Protocol):
+    """What the shim lends a checkpointer for one container: paths and its runc driver."""
+
+    @property
+    def container(self) -> ContainerInfo: ...
+
+    @property
+    def runc_root(self) -> Path: ...
+
+    async def runc(self, *args: str, stdio: StdioPipes | None = None) -> RuncResult:
+        """Run ``runc --root <runc_root> <args>`` through the shim's reaper."""
+        ...
+
+    def new_stdio(self) -> StdioPipes:
+        """Fresh pipes wired to containerd's FIFOs, for a restored process."""
+        ...
+
+
+@runtime_checkable
+class Checkpointer(Protocol):
+    """Takes a container to disk and back. Provided by ``zeropod-criu``.
+
+    The core's fallback (no CRIU) kills the container on scale-down and cold-starts it from the
+    bundle on wake-up, which loses in-memory state; that is why a real checkpointer exists.
+    """
+
+    async def checkpoint(self) -> Outcome:
+        """Write the container's state to disk and stop it. On failure the app keeps running."""
+        ...
+
+    async def restore(self) -> RestoredProcess:
+        """Start the container from its image. Raises on failure; the core then cold-starts."""
+        ...
+
+    async def discard(self) -> None:
+        """Remove the image of a container that is deleted while scaled down."""
+        ...
+
+
+@runtime_checkable
+class Redirector(Protocol):
+    """Sends new connections for the app's ports to the activator while it sleeps."""
+
+    def activator_port(self, app_port: int) -> int:
+        """The port the activator listens on for ``app_port``, inside the pod's namespace."""
+        ...
+
+    async def redirect(self, ports: Sequence[int]) -> None:
+        """Turn the redirect on (before the checkpoint starts)."""
+        ...
+
+    async def release(self, ports: Sequence[int]) -> None:
+        """Turn it off (after the restored process runs). Proxied connections stay put."""
+        ...
+
+    async def close(self) -> None:
+        """Drop everything this redirector holds for the container."""
+        ...
+
+
+@runtime_checkable
+class ActivityTracker(Protocol):
+    """Answers "when did this container last see TCP traffic on its ports?"."""
+
+    async def track(self, ports: Sequence[int]) -> None:
+        """Start recording activity on ``ports`` (replaces an earlier set)."""
+        ...
+
+    def last_activity(self) -> float | None:
+        """``time.monotonic()`` of the last packet on a tracked port, None if never."""
+        ...
+
+    async def close(self) -> None:
+        """Stop tracking."""
+        ...
+
+
+@runtime_checkable
+class Migrator(Protocol):
+    """Moves a scaled-down container's image to or from another node."""
+
+    async def send(self, *, image_dir: Path, target: str) -> Outcome:
+        """Stream the checkpoint image in ``image_dir`` to the node at ``target``."""
+        ...
+
+    async def receive(self, *, image_dir: Path, source: str) -> Outcome:
+        """Fetch a checkpoint image from ``source`` into ``image_dir``."""
+        ...
+
+
+class CollectorRegistryLike(Protocol):
+    """The part of ``prometheus_client.CollectorRegistry`` the manager hands to plugins."""
+
+    def register(self, collector: object) -> None: ...
+
+
+@runtime_checkable
+class MigrationService(Protocol):
+    """The manager's node-to-node endpoint for migrations."""
+
+    async def serve(self) -> None:
+        """Run until cancelled."""
+        ...
