@@ -93,6 +93,7 @@ class PrivateContainerd:
     namespace: str = "zeropod-lab"
     process: subprocess.Popen[bytes] | None = None
     cgroup_parent: str = field(default_factory=lambda: f"zeropod-lab-{secrets.token_hex(3)}")
+    env: dict[str, str] = field(default_factory=dict)
     _containers: list[LabContainer] = field(default_factory=list)
     _created_run_containerd: bool = False
 
@@ -115,13 +116,15 @@ class PrivateContainerd:
 
     @classmethod
     def start(
-        cls, base: Path, *, debug: bool = False, shim: Path | None = None
+        cls, base: Path, *, debug: bool = False, shim: Path | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> PrivateContainerd:
         """Write the config, start the daemon and wait until it answers.
 
         :param shim: the ``containerd-shim-zeropod-v2`` binary to offer (linked into opt/bin).
+        :param env: extra environment for containerd, which its shims inherit (``ZEROPOD_*``).
         """
-        daemon = cls(base=base)
+        daemon = cls(base=base, env=dict(env or {}))
         for sub in ("root", "state", "opt/bin", "fifo", "runc"):
             (base / sub).mkdir(parents=True, exist_ok=True)
         shim = shim or Path(sys.executable).with_name(SHIM_BINARY)
@@ -130,24 +133,35 @@ class PrivateContainerd:
         (base / "config.toml").write_text(
             _CONFIG.format(base=base, level="debug" if debug else "info"))
         daemon._created_run_containerd = not Path("/run/containerd").exists()
-        log_file = open(base / "containerd.log", "ab")  # noqa: SIM115 - closed by stop()
-        daemon.process = subprocess.Popen(
-            ["containerd", "--config", str(base / "config.toml")],
-            stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True)
+        daemon._launch()
+        return daemon
+
+    def _launch(self) -> None:
+        log_file = open(self.base / "containerd.log", "ab")  # noqa: SIM115 - closed below
+        self.process = subprocess.Popen(
+            ["containerd", "--config", str(self.base / "config.toml")],
+            stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True,
+            env={**os.environ, **self.env})
         log_file.close()
         deadline = time.monotonic() + 20
         while True:
-            if daemon.process.poll() is not None:
-                raise RuntimeError(f"containerd exited with {daemon.process.returncode}: "
-                                   + (base / "containerd.log").read_text()[-2000:])
-            if daemon.address.exists() and daemon.ctr("version", check=False).returncode == 0:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"containerd exited with {self.process.returncode}: "
+                                   + (self.base / "containerd.log").read_text()[-2000:])
+            if self.address.exists() and self.ctr("version", check=False).returncode == 0:
                 break
             if time.monotonic() > deadline:
-                daemon.stop()
+                self.stop()
                 raise RuntimeError("containerd did not answer within 20 s")
             time.sleep(0.01)
-        log.info("containerd started", extra={"pid": daemon.process.pid, "base": str(base)})
-        return daemon
+        log.info("containerd started", extra={"pid": self.process.pid, "base": str(self.base)})
+
+    def restart(self) -> None:
+        """Stop the daemon (SIGTERM, by PID) and start it again; containers and shims stay."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=20)
+        self._launch()
 
     def ctr(self, *args: str, check: bool = True, timeout: float = 120,
             input: bytes | None = None) -> subprocess.CompletedProcess[str]:
@@ -166,7 +180,7 @@ class PrivateContainerd:
     def run_args(self, image: str, container_id: str, *, runtime: str = RUNC_RUNTIME,
                  netns: Path | None = None, annotations: Mapping[str, str] | None = None,
                  env: Mapping[str, str] | None = None, detach: bool = True, tty: bool = False,
-                 command: Sequence[str] = ()) -> list[str]:
+                 remove: bool = False, command: Sequence[str] = ()) -> list[str]:
         """The ``ctr run`` arguments for a container of this lab (without ``ctr`` itself)."""
         args = ["run", "--runtime", runtime, "--fifo-dir", str(self.base / "fifo"),
                 "--cgroup", f"/{self.cgroup_parent}/{container_id}"]
@@ -176,6 +190,8 @@ class PrivateContainerd:
             args.append("-d")
         if tty:
             args.append("-t")
+        if remove:
+            args.append("--rm")
         if netns is not None:
             args += ["--with-ns", f"network:{netns}"]
         for key, value in (annotations or {}).items():

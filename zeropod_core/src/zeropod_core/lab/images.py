@@ -134,7 +134,7 @@ def busybox_httpd_spec() -> ImageSpec:
     """A static busybox serving /www on port 8080 (the small server of the benchmarks)."""
     busybox = Path(shutil.which("busybox") or "/bin/busybox")
     applets = ["sh", "httpd", "cat", "echo", "ls", "sleep", "ps", "wget", "true", "false", "id",
-               "kill", "env", "hostname"]
+               "kill", "env", "hostname", "tty", "printf", "head", "seq", "stty"]
     return ImageSpec(
         name=BUSYBOX_HTTPD,
         files={"bin/busybox": busybox.resolve(),
