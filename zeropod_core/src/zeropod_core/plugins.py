@@ -18,14 +18,14 @@ import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import EntryPoint, entry_points
 from types import ModuleType
 from typing import Any
 
 import pluggy
 
-from . import PROJECT_NAME, __version__, manager_hookspecs, shim_hookspecs
+from . import PROJECT_NAME, manager_hookspecs, shim_hookspecs
 from .builtin import MANAGER_BUILTINS, SHIM_BUILTINS
+from .distributions import EntryPoint, entry_points, own_version
 from .model import RoleName
 
 log = logging.getLogger("zeropod.plugins")
@@ -145,7 +145,7 @@ def _load_entry_point(pm: ZeropodPluginManager, ep: EntryPoint, record: PluginRe
 
 def _discover(role: RoleName) -> Iterable[EntryPoint]:
     seen: set[str] = set()
-    for ep in sorted(entry_points(group=role.entry_point_group), key=lambda e: e.name):
+    for ep in sorted(entry_points(role.entry_point_group), key=lambda e: e.name):
         if ep.name not in seen:  # the first distribution on sys.path wins, as for imports
             seen.add(ep.name)
             yield ep
@@ -165,16 +165,14 @@ def make_plugin_manager(
     pm = ZeropodPluginManager(role)
     for module_name in _BUILTINS[role]:
         name = module_name.rsplit(".", 1)[-1]
-        record = PluginRecord(name, "zeropod-core", __version__, role.value)
+        record = PluginRecord(name, "zeropod-core", own_version(), role.value)
         pm.records.append(_register(pm, importlib.import_module(module_name), record))
     if autoload:
         allow = _names(env.get("ZEROPOD_LOAD_PLUGINS"))
         block = _names(env.get("ZEROPOD_DISABLE_PLUGINS")) or set()
         for ep in _discover(role):
-            dist_name = ep.dist.name if ep.dist else "?"
-            record = PluginRecord(
-                ep.name, dist_name, ep.dist.version if ep.dist else "?", role.value
-            )
+            dist_name = ep.distribution
+            record = PluginRecord(ep.name, dist_name, ep.version, role.value)
             if _selected(block, ep.name, dist_name) or (
                 allow is not None and not _selected(allow, ep.name, dist_name)
             ):

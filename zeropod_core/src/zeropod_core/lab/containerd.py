@@ -223,11 +223,26 @@ class PrivateContainerd:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self._stop_shim_template()
         self._unmount_below(self.base)
         self._remove_cgroup_parent()
         if self._created_run_containerd:
             _remove_empty_tree(Path("/run/containerd"))
         log.info("containerd stopped", extra={"base": str(self.base)})
+
+    def _stop_shim_template(self) -> None:
+        """The zeropod shim template started on this daemon's behalf exits once containerd's
+        socket is gone; end it now, by the PID it recorded, rather than a second later."""
+        pidfile = self.base / "s" / "zeropod-template.pid"
+        try:
+            pid = int(pidfile.read_text())
+        except (OSError, ValueError):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     @staticmethod
     def _unmount_below(base: Path) -> None:

@@ -1,103 +1,141 @@
 """The short-lived shim invocations: ``start`` and ``delete``.
 
 ``start`` must print the server's address and nothing else (containerd reads stdout and stderr
-as one pipe), so it creates the listening socket itself, hands it to a detached server process
-as fd 3 and exits: containerd can connect at once, before the server has finished importing.
-Containers that belong together (one pod) share one shim, found by a grouping key, as with
-containerd's runc shim.
+as one pipe). It creates the listening socket, then hands it to the warm shim template (see
+:mod:`.template`), or, without one, **forks**: the child detaches (new session, stdio off
+containerd's pipe) and becomes the server while the parent prints the address and exits.
+containerd can connect at once: its requests wait in the socket's backlog until the server is
+ready. Containers that belong together (one pod) share one shim, found by a grouping key, as
+with containerd's runc shim.
+
+This module runs on every container start, so it imports only what ``start`` needs (no
+pathlib, json or hashlib on the common path).
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import os
 import socket
-import subprocess
 import sys
 import time
-from pathlib import Path
 
-from .flags import ShimFlags, server_argv
+from . import template
+from .flags import ShimFlags
 
 # OCI annotations that group a container with its pod's sandbox (CRI) or an explicit group.
 GROUP_ANNOTATIONS = ("io.kubernetes.cri.sandbox-id", "io.containerd.runc.v2.group")
+_MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes
 
 
-def grouping_key(flags: ShimFlags, bundle: Path) -> str:
+def grouping_key(flags: ShimFlags, bundle: str) -> str:
     """The id whose shim this container uses: its sandbox's, its group's or its own."""
     try:
-        annotations = json.loads((bundle / "config.json").read_text()).get("annotations") or {}
-    except (OSError, ValueError):
-        annotations = {}
+        with open(os.path.join(bundle, "config.json"), "rb") as config:
+            raw = config.read()
+    except OSError:
+        return flags.id
+    if not any(key.encode() in raw for key in GROUP_ANNOTATIONS):
+        return flags.id  # the common ctr case: no need to parse the spec
+    import json
+
+    annotations = json.loads(raw).get("annotations") or {}
     for key in GROUP_ANNOTATIONS:
         if annotations.get(key):
             return str(annotations[key])
     return flags.id
 
 
-def socket_path(flags: ShimFlags, group: str) -> Path:
-    """``<containerd's folder>/s/<sha256>``, the layout of containerd's own shims.
+def socket_path(flags: ShimFlags, group: str) -> str:
+    """``<containerd's folder>/s/<namespace>-<group>``; hashed when that is too long.
 
-    On a node that is ``/run/containerd/s/...``; a private containerd keeps it in its folder.
+    On a node that is ``/run/containerd/s/...``, next to containerd's own shims' sockets; a
+    private containerd keeps it in its own folder.
     """
+    folder = os.path.join(os.path.dirname(flags.address), "s")
+    path = os.path.join(folder, f"zeropod-{flags.namespace}-{group}")
+    if len(path) <= _MAX_SOCKET_PATH and "/" not in group:
+        return path
+    import hashlib
+
     digest = hashlib.sha256(f"{flags.address}|{flags.namespace}|{group}".encode()).hexdigest()
-    return Path(flags.address).parent / "s" / digest
+    return os.path.join(folder, f"zeropod-{digest[:40]}")
 
 
-def _listening(path: Path) -> bool:
+def _listening(path: str) -> bool:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         try:
-            probe.connect(str(path))
+            probe.connect(path)
         except OSError:
             return False
     return True
 
 
 def start(flags: ShimFlags) -> int:
-    bundle = Path.cwd()
+    bundle = os.getcwd()
     path = socket_path(flags, grouping_key(flags, bundle))
     address = f"unix://{path}"
-    if path.exists():
+    if os.path.exists(path):
         if _listening(path):  # the pod's shim already runs: reuse it
-            (bundle / "address").write_text(address)
+            _write(os.path.join(bundle, "address"), address)
             sys.stdout.write(address)
             return 0
-        path.unlink()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
+        os.unlink(path)
+    os.makedirs(os.path.dirname(path), mode=0o711, exist_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(path))
+    listener.bind(path)
     os.chmod(path, 0o600)
     listener.listen(128)
-    server = [sys.argv[0], *server_argv(flags, str(path))]
-    # The server inherits the listener as fd 3; its own session, so containerd's signals and
-    # this process's exit do not reach it.
-    os.dup2(listener.fileno(), 3, inheritable=True)
-    subprocess.Popen(server, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL, pass_fds=(3,), start_new_session=True,
-                     cwd=bundle)
-    (bundle / "address").write_text(address)
+    _write(os.path.join(bundle, "address"), address)
+    sys.stdout.flush()
+    flags = flags.with_socket(path)
+    if not (template.enabled() and template.request_shim(flags, listener, bundle)):
+        _fork_server(flags, listener)  # the cold path for this container...
+        if template.enabled():
+            template.spawn_template(flags)  # ...and a warm template for the next ones
+    listener.close()
     sys.stdout.write(address)
     return 0
 
 
+def _write(path: str, text: str) -> None:
+    with open(path, "w") as out:
+        out.write(text)
+
+
+def _fork_server(flags: ShimFlags, listener: socket.socket) -> None:
+    if os.fork() == 0:
+        template.detach()
+        from .server import run
+
+        code = 1
+        try:
+            code = run(flags, listener)
+        finally:
+            os._exit(code)
+
+
 def delete(flags: ShimFlags) -> int:
     """Clean up a bundle whose shim is gone: runc delete, unmount, print a DeleteResponse."""
+    import contextlib
+    import json
+    import subprocess
+
     from zeropod_core.api import task
 
     from . import mounts
 
-    bundle = Path(flags.bundle or Path.cwd())
+    bundle = flags.bundle or os.getcwd()
     try:
-        options = json.loads((bundle / "options.json").read_text())
+        with open(os.path.join(bundle, "options.json")) as options_file:
+            options = json.load(options_file)
     except (OSError, ValueError):
         options = {}
-    root = Path(options.get("root") or Path(flags.address).parent / "runc") / flags.namespace
-    subprocess.run([options.get("binary_name") or "runc", "--root", str(root), "delete",
-                    "--force", flags.id], stdin=subprocess.DEVNULL, capture_output=True)
+    root = options.get("root") or os.path.join(os.path.dirname(flags.address), "runc")
+    subprocess.run([options.get("binary_name") or "runc", "--root",
+                    os.path.join(root, flags.namespace), "delete", "--force", flags.id],
+                   stdin=subprocess.DEVNULL, capture_output=True)
     with contextlib.suppress(OSError):
-        mounts.unmount_all(str(bundle / "rootfs"))
+        mounts.unmount_all(os.path.join(bundle, "rootfs"))
     response = task.DeleteResponse(exit_status=128 + 9)
     response.exited_at.FromNanoseconds(time.time_ns())
     sys.stdout.buffer.write(response.SerializeToString())

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zeropod_core.model import ContainerInfo
+
 from .reaper import Exit
 from .runc import Runc
 from .stdio import ProcessIO, StdioPaths
@@ -80,6 +82,7 @@ class Container:
     runc: Runc
     init: Process
     spec: dict[str, Any]
+    info: ContainerInfo
     rootfs_mounted: bool = False
     execs: dict[str, Process] = field(default_factory=dict)
     # Serialises "start + publish TaskStart" against "publish TaskExit" (events stay ordered).

@@ -8,22 +8,31 @@ instead of stalling the shim.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import io
-import logging
-import os
-import signal
-import socket
-from pathlib import Path
+import sys
 
-from zeropod_core import logs, ttrpc
-from zeropod_core.api import TASK_SERVICE, task
+# The shim never speaks TLS; without this, asyncio imports ssl and maps OpenSSL into every
+# pod's shim (about 4 MB of RSS). asyncio handles a missing ssl module by itself.
+sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
 
-from .events import EventPublisher
-from .flags import ShimFlags
-from .reaper import Reaper, become_subreaper
-from .task_service import ShimConfig, TaskService
+import asyncio  # noqa: E402
+import contextlib  # noqa: E402
+import io  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from zeropod_core import logs, ttrpc  # noqa: E402
+from zeropod_core.api import TASK_SERVICE, task  # noqa: E402
+from zeropod_core.hooks import ShimHooks  # noqa: E402
+from zeropod_core.model import RoleName  # noqa: E402
+from zeropod_core.plugins import make_plugin_manager  # noqa: E402
+
+from .events import EventPublisher  # noqa: E402
+from .flags import ShimFlags  # noqa: E402
+from .reaper import Reaper, become_subreaper  # noqa: E402
+from .task_service import ShimConfig, TaskService  # noqa: E402
 
 log = logging.getLogger("zeropod.shim")
 LISTEN_FD = 3
@@ -51,7 +60,24 @@ def _setup_logging(bundle: Path, flags: ShimFlags) -> None:
     logs.configure(_FifoStream(fd), level=logging.DEBUG if flags.debug else logging.INFO)
 
 
-async def serve(flags: ShimFlags) -> int:
+_hooks: ShimHooks | None = None
+
+
+def prepare() -> ShimHooks:
+    """Load the ``zeropod.shim`` plugins (once per process; a template does it before forking).
+
+    A plugin that fails to load is reported unavailable in the log and the shim goes on.
+    """
+    global _hooks
+    if _hooks is None:
+        pm = make_plugin_manager(RoleName.SHIM)
+        settings = {k: v for k, v in os.environ.items() if k.startswith("ZEROPOD_")}
+        pm.hook.zeropod_configure.call_historic(kwargs={"settings": settings})
+        _hooks = ShimHooks(pm)
+    return _hooks
+
+
+async def serve(flags: ShimFlags, listen_socket: socket.socket) -> int:
     loop = asyncio.get_running_loop()
     become_subreaper()
     reaper = Reaper()
@@ -62,12 +88,15 @@ async def serve(flags: ShimFlags) -> int:
     stop = asyncio.Event()
     config = ShimConfig(flags.namespace, flags.address,
                         os.environ.get("TTRPC_ADDRESS", ""), flags.socket)
-    service = TaskService(config, reaper, publisher, on_shutdown=stop.set)
+    hooks = prepare()
+    for record in hooks.pm.records:
+        log.info("plugin", extra={"plugin": record.name, "status": record.status,
+                                  "reason": record.reason})
+    service = TaskService(config, reaper, publisher, hooks, on_shutdown=stop.set)
     server = ttrpc.Server()
     server.register(TASK_SERVICE, ttrpc.service_methods(
         task.DESCRIPTOR.services_by_name["Task"], service))
-    listener = await asyncio.start_unix_server(
-        server.serve_connection, sock=socket.socket(fileno=LISTEN_FD))
+    listener = await asyncio.start_unix_server(server.serve_connection, sock=listen_socket)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     log.info("shim serving", extra={"socket": flags.socket})
     await stop.wait()
@@ -81,6 +110,12 @@ async def serve(flags: ShimFlags) -> int:
     return 0
 
 
-def run(flags: ShimFlags) -> int:
+def run(flags: ShimFlags, listen_socket: socket.socket) -> int:
+    """Serve on ``listen_socket`` until containerd shuts the shim down."""
     _setup_logging(Path.cwd(), flags)
-    return asyncio.run(serve(flags))
+    return asyncio.run(serve(flags, listen_socket))
+
+
+def run_inherited(flags: ShimFlags) -> int:
+    """Serve on a listening socket inherited as fd 3 (a server started by exec)."""
+    return run(flags, socket.socket(fileno=LISTEN_FD))

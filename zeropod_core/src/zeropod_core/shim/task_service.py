@@ -22,6 +22,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from zeropod_core import ttrpc
 from zeropod_core.api import cgroups_v1, events, runc_options, task, task_types, typeurl
+from zeropod_core.hooks import ShimHooks
+from zeropod_core.model import ContainerInfo
 
 from . import mounts
 from .events import EventPublisher
@@ -59,12 +61,27 @@ class ShimConfig:
         return Path(self.containerd_address).parent / "runc"
 
 
+def container_info(container_id: str, bundle: Path, namespace: str,
+                   spec: dict[str, Any]) -> ContainerInfo:
+    """Who the container is, from its OCI spec (CRI annotations name the pod)."""
+    annotations = {str(k): str(v) for k, v in (spec.get("annotations") or {}).items()}
+    netns = next((ns.get("path", "") for ns in spec.get("linux", {}).get("namespaces", [])
+                  if ns.get("type") == "network"), "")
+    return ContainerInfo(
+        id=container_id, bundle=str(bundle), namespace=namespace, annotations=annotations,
+        sandbox=annotations.get("io.kubernetes.cri.container-type") == "sandbox",
+        pod_name=annotations.get("io.kubernetes.cri.sandbox-name", ""),
+        pod_namespace=annotations.get("io.kubernetes.cri.sandbox-namespace", ""),
+        container_name=annotations.get("io.kubernetes.cri.container-name", ""),
+        netns_path=netns)
+
+
 class TaskService:
     """The Task API for every container of this shim."""
 
     def __init__(self, config: ShimConfig, reaper: Reaper, publisher: EventPublisher,
-                 on_shutdown: Callable[[], None]) -> None:
-        self.config, self.reaper, self.publisher = config, reaper, publisher
+                 hooks: ShimHooks, on_shutdown: Callable[[], None]) -> None:
+        self.config, self.reaper, self.publisher, self.hooks = config, reaper, publisher, hooks
         self.containers: dict[str, Container] = {}
         self._on_shutdown = on_shutdown
 
@@ -158,7 +175,9 @@ class TaskService:
             mounted = True
         paths = StdioPaths(req.stdin, req.stdout, req.stderr, req.terminal)
         init = Process(req.id, "", paths)
-        container = Container(req.id, bundle, runc, init, spec, rootfs_mounted=mounted)
+        container = Container(req.id, bundle, runc, init, spec,
+                              container_info(req.id, bundle, self.config.namespace, spec),
+                              rootfs_mounted=mounted)
         args = ["create", "--bundle", str(bundle)]
         if options.no_pivot_root:
             args.insert(1, "--no-pivot")
@@ -174,6 +193,7 @@ class TaskService:
                                 f"{exc.message}") from exc
         self.containers[req.id] = container
         self._watch(container, init)
+        self.hooks.container_created(container.info, {})
         self.publisher.publish(events.TaskCreate(
             container_id=req.id, bundle=req.bundle, rootfs=list(req.rootfs),
             io=events.TaskIO(stdin=req.stdin, stdout=req.stdout, stderr=req.stderr,
@@ -277,6 +297,7 @@ class TaskService:
         if process.state in (State.RUNNING, State.PAUSED):
             raise ttrpc.FailedPrecondition(f"cannot delete running task {req.id}")
         await self._destroy(container)
+        self.hooks.container_deleted(container.info)
         self.publisher.publish(events.TaskDelete(
             container_id=req.id, pid=process.pid, exit_status=process.exit_status,
             exited_at=_timestamp(process.exited_at), id=req.id))
