@@ -283,3 +283,24 @@ def test_containerd_restart_keeps_tasks_reachable(
     assert (proc.returncode, proc.stdout) == (0, "still-here\n")
     lab_containerd.ctr("task", "kill", "-s", "SIGKILL", container.id)
     _wait_status(container, "STOPPED")
+
+
+def test_containers_of_one_group_share_a_shim(
+    runtime: str, lab_containerd: PrivateContainerd, lab_images: LabImages,
+    run_container: Callable[..., LabContainer]
+) -> None:
+    group = {"io.containerd.runc.v2.group": f"g-{secrets.token_hex(3)}"}
+    first = run_container(lab_images.busybox, runtime=runtime, command=LOOP, annotations=group)
+    second = run_container(lab_images.busybox, runtime=runtime, command=LOOP,
+                           annotations=group)
+    _wait_status(first, "RUNNING")
+    _wait_status(second, "RUNNING")
+    bundles = lab_containerd.base / "state" / "io.containerd.runtime.v2.task" / \
+        lab_containerd.namespace
+    assert (bundles / first.id / "address").read_text() == \
+        (bundles / second.id / "address").read_text()
+    with open(f"/proc/{first.task_pid()}/stat") as a, open(f"/proc/{second.task_pid()}/stat") as b:
+        assert a.read().rsplit(")", 1)[1].split()[1] == b.read().rsplit(")", 1)[1].split()[1]
+    lab_containerd.ctr("task", "kill", "-s", "SIGKILL", first.id)
+    _wait_status(first, "STOPPED")
+    assert second.status() == "RUNNING"  # the shared shim keeps serving the other container
