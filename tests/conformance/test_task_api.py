@@ -304,3 +304,25 @@ def test_containers_of_one_group_share_a_shim(
     lab_containerd.ctr("task", "kill", "-s", "SIGKILL", first.id)
     _wait_status(first, "STOPPED")
     assert second.status() == "RUNNING"  # the shared shim keeps serving the other container
+
+
+def test_oom_kill_is_reported(
+    runtime: str, lab_containerd: PrivateContainerd, lab_images: LabImages
+) -> None:
+    events = subprocess.Popen(
+        ["ctr", "--address", str(lab_containerd.address), "events"], stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True)
+    container_id = _cid()
+    try:
+        args = lab_containerd.run_args(lab_images.counter, container_id, runtime=runtime,
+                                       detach=False, remove=True,
+                                       env={"APP_ALLOC_MIB": "96"})
+        args.insert(1, "--memory-limit=33554432")  # 32 MiB
+        proc = lab_containerd.ctr(*args, check=False)
+        assert proc.returncode == 137, proc.stderr
+        time.sleep(0.5)
+    finally:
+        events.terminate()
+        output, _ = events.communicate(timeout=10)
+    oom_lines = [line for line in output.splitlines() if "/tasks/oom" in line]
+    assert any(container_id in line for line in oom_lines), output

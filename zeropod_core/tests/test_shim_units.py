@@ -9,7 +9,6 @@ import signal
 import time
 
 import pytest
-
 from zeropod_core.shim import mounts, template
 from zeropod_core.shim.flags import ShimFlags, UsageError, parse
 from zeropod_core.shim.reaper import Reaper
@@ -77,7 +76,7 @@ async def test_reaper_delivers_every_exit_once() -> None:
         # an exit that happens before anyone watches is kept until claimed
         early = reaper.spawn(["true"])
         deadline = time.monotonic() + 5
-        while early not in reaper._unclaimed and time.monotonic() < deadline:
+        while early not in reaper._unclaimed and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         seen: list[int] = []
         reaper.watch(early, lambda exited: seen.append(exited.status))

@@ -17,6 +17,7 @@ from typing import Any
 
 from zeropod_core.model import ContainerInfo
 
+from .oom import OomWatcher
 from .reaper import Exit
 from .runc import Runc
 from .stdio import ProcessIO, StdioPaths
@@ -84,6 +85,7 @@ class Container:
     spec: dict[str, Any]
     info: ContainerInfo
     rootfs_mounted: bool = False
+    oom: OomWatcher | None = None
     execs: dict[str, Process] = field(default_factory=dict)
     # Serialises "start + publish TaskStart" against "publish TaskExit" (events stay ordered).
     event_lock: asyncio.Lock = field(default_factory=asyncio.Lock)

@@ -27,6 +27,7 @@ from zeropod_core.model import ContainerInfo
 
 from . import mounts
 from .events import EventPublisher
+from .oom import OomWatcher
 from .process import Container, Process, State
 from .reaper import Exit, Reaper
 from .runc import Runc, RuncError
@@ -193,6 +194,9 @@ class TaskService:
                                 f"{exc.message}") from exc
         self.containers[req.id] = container
         self._watch(container, init)
+        container.oom = OomWatcher.for_pid(
+            asyncio.get_running_loop(), init.pid,
+            lambda: self.publisher.publish(events.TaskOOM(container_id=req.id)))
         self.hooks.container_created(container.info, {})
         self.publisher.publish(events.TaskCreate(
             container_id=req.id, bundle=req.bundle, rootfs=list(req.rootfs),
@@ -321,6 +325,8 @@ class TaskService:
         for process in (init, *container.execs.values()):
             if process.io is not None:
                 process.io.close()
+        if container.oom is not None:
+            container.oom.close()
         if container.rootfs_mounted:
             mounts.unmount_all(str(container.bundle / "rootfs"))
         del self.containers[container.id]
