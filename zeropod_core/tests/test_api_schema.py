@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import zeropod_core.api as api
 from google.protobuf import any_pb2, descriptor_pool
 from google.protobuf.descriptor import Descriptor
+
+import zeropod_core.api as api
 from zeropod_core.api import (
     EVENTS_SERVICE,
     TASK_SERVICE,

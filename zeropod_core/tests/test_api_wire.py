@@ -8,6 +8,7 @@ files; a few short messages are also compared byte for byte.
 from __future__ import annotations
 
 from google.protobuf import duration_pb2, timestamp_pb2
+
 from zeropod_core.api import (
     cgroups_v1,
     events,

@@ -9,6 +9,7 @@ import signal
 import time
 
 import pytest
+
 from zeropod_core.shim import mounts, template
 from zeropod_core.shim.flags import ShimFlags, UsageError, parse
 from zeropod_core.shim.reaper import Reaper

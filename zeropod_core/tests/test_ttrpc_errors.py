@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-import zeropod_core.ttrpc as ttrpc
 from google.protobuf import any_pb2
+
+import zeropod_core.ttrpc as ttrpc
 from zeropod_core.ttrpc import Code, RPCError, from_status, to_status
 
 EXPECTED_CODES = {

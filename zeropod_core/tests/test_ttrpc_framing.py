@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from zeropod_core.ttrpc import ResourceExhausted
 from zeropod_core.ttrpc.framing import (
     HEADER_LENGTH,

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from google.protobuf import wrappers_pb2
+
 from zeropod_core.api._pb.ttrpc import request_pb2
 from zeropod_core.ttrpc import CallContext, Client, Code, Server, Unary
 from zeropod_core.ttrpc.framing import (

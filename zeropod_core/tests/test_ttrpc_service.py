@@ -8,8 +8,9 @@ import socket
 from collections.abc import AsyncIterator
 
 import pytest
-import zeropod_core.ttrpc as ttrpc
 from google.protobuf import empty_pb2
+
+import zeropod_core.ttrpc as ttrpc
 from zeropod_core.api import TASK_SERVICE, ZEROPOD_SHIM_SERVICE, task, zeropod_shim
 from zeropod_core.ttrpc import CallContext, Client, Server, ServerStreaming, Unary
 from zeropod_core.ttrpc.service import service_methods, snake_case

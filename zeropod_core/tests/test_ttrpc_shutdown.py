@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import zeropod_core.ttrpc as ttrpc
 from google.protobuf import wrappers_pb2
+
+import zeropod_core.ttrpc as ttrpc
 from zeropod_core.ttrpc import CallContext, Client, Server, Unary
 
 SERVICE = "test.Slow"

@@ -8,8 +8,9 @@ import socket
 from collections.abc import AsyncIterator
 
 import pytest
-import zeropod_core.ttrpc as ttrpc
 from google.protobuf import wrappers_pb2
+
+import zeropod_core.ttrpc as ttrpc
 from zeropod_core.api._pb.ttrpc import request_pb2
 from zeropod_core.ttrpc import (
     BidiStreaming,

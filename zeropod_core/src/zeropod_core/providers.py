@@ -8,6 +8,8 @@ imports a base class it would have to keep in step with the core.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,40 +28,59 @@ class RestoredProcess:
 
 @dataclass(frozen=True)
 class RuncResult:
-    """Exit code and captured stderr of one runc invocation."""
+    """Exit code of one runc invocation and, when it failed, runc's error message."""
 
     returncode: int
-    stderr: str
+    error: str
 
 
 @dataclass(frozen=True)
 class StdioPipes:
-    """The write ends (stdout, stderr) and read end (stdin) runc should give the process.
+    """The process's ends of new stdio pipes: stdin's read end, stdout's and stderr's write ends.
 
     On restore, runc maps these onto the restored process's pipe fds, so the shim keeps
-    forwarding output to containerd's FIFOs across checkpoints.
+    forwarding output to containerd's FIFOs across checkpoints. Pass them as ``stdio`` to the
+    runc call that starts the process, then :meth:`close` them (the process holds copies).
     """
 
-    stdin: int | None
-    stdout: int | None
-    stderr: int | None
+    stdin: int
+    stdout: int
+    stderr: int
+
+    def close(self) -> None:
+        for fd in (self.stdin, self.stdout, self.stderr):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class RuntimeHandle(Protocol):
-    """What the shim lends a checkpointer for one container: paths and its runc driver."""
+    """What the shim lends a checkpointer for one container: paths, PID and its runc driver."""
 
     @property
     def container(self) -> ContainerInfo: ...
 
     @property
-    def runc_root(self) -> Path: ...
+    def bundle(self) -> Path:
+        """The OCI bundle (``config.json``, ``rootfs``)."""
+        ...
+
+    @property
+    def runc_root(self) -> Path:
+        """The ``--root`` of every runc call for this container."""
+        ...
+
+    @property
+    def init_pid(self) -> int:
+        """The current host PID of the container's init (it changes on every restore)."""
+        ...
 
     async def runc(self, *args: str, stdio: StdioPipes | None = None) -> RuncResult:
-        """Run ``runc --root <runc_root> <args>`` through the shim's reaper."""
+        """Run ``runc --root <runc_root> --log <bundle>/log.json <args>`` through the shim's
+        reaper (never with subprocess: the shim is the only reaper of its children)."""
         ...
 
     def new_stdio(self) -> StdioPipes:
-        """Fresh pipes wired to containerd's FIFOs, for a restored process."""
+        """Fresh pipes wired to containerd's FIFOs, for a restored or cold-started process."""
         ...
 
 

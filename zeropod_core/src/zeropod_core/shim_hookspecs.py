@@ -16,7 +16,7 @@ Rules every hook follows:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -61,17 +61,33 @@ def zeropod_configure(settings: Mapping[str, str]) -> None:
 # --- providers (firstresult) -----------------------------------------------------------------
 
 
+@hookspec
+def zeropod_modify_spec(container: ContainerInfo, spec: dict[str, Any],
+                        config: Mapping[str, object]) -> None:
+    """Adjust the OCI spec of a managed container before ``runc create`` (in place).
+
+    The core writes the spec back to the bundle's ``config.json`` when any implementation
+    changed it. Example: the criu plugin names its CRIU configuration file in the
+    ``org.criu.config`` annotation, which runc reads at create and restore.
+
+    :param container: the container.
+    :param spec: the parsed ``config.json``; change it in place.
+    :param config: parsed values of the registered annotations, keyed by annotation name.
+    """
+
+
 @hookspec(firstresult=True)
 def zeropod_make_checkpointer(
-    container: ContainerInfo, runtime: RuntimeHandle
+    container: ContainerInfo, runtime: RuntimeHandle, config: Mapping[str, object]
 ) -> Checkpointer | None:
     """Return the checkpoint/restore engine for a managed container, or None to pass.
 
-    Called once at ``Create`` for every container that may scale down. The core's own
-    implementation runs last and kills + cold-starts (state is lost).
+    Called once at ``Create`` (after ``runc create``) for every container that may scale
+    down. The core's own implementation runs last and kills + cold-starts (state is lost).
 
     :param container: the container.
     :param runtime: the shim's runc driver for that container.
+    :param config: parsed values of the registered annotations, keyed by annotation name.
     """
 
 
