@@ -12,6 +12,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from .config import AnnotationRegistry
 from .model import ContainerInfo, ContainerStatus, Metric, Outcome, Trigger
 from .plugins import ZeropodPluginManager
 from .providers import ActivityTracker, Checkpointer, Migrator, Redirector, RuntimeHandle
@@ -24,6 +25,19 @@ class ShimHooks:
 
     def __init__(self, pm: ZeropodPluginManager) -> None:
         self.pm = pm
+        self._annotations: AnnotationRegistry | None = None
+
+    def annotations(self) -> AnnotationRegistry:
+        """Every plugin's annotations (collected once per process)."""
+        if self._annotations is None:
+            registry = AnnotationRegistry()
+            self._call_each("zeropod_register_annotations", register=registry.register)
+            self._annotations = registry
+        return self._annotations
+
+    def modify_spec(self, container: ContainerInfo, spec: dict[str, Any],
+                    config: Mapping[str, object]) -> None:
+        self._notify("zeropod_modify_spec", container=container, spec=spec, config=config)
 
     def _call_each(self, name: str, **kwargs: Any) -> list[Any]:
         """Call every implementation of ``name`` on its own; return the non-None results."""
@@ -64,10 +78,10 @@ class ShimHooks:
     def phase_changed(self, status: ContainerStatus) -> None:
         self._notify("zeropod_phase_changed", status=status)
 
-    def make_checkpointer(self, container: ContainerInfo,
-                          runtime: RuntimeHandle) -> Checkpointer | None:
+    def make_checkpointer(self, container: ContainerInfo, runtime: RuntimeHandle,
+                          config: Mapping[str, object]) -> Checkpointer | None:
         result: Checkpointer | None = self.pm.hook.zeropod_make_checkpointer(
-            container=container, runtime=runtime)
+            container=container, runtime=runtime, config=config)
         return result
 
     def make_redirector(self, container: ContainerInfo) -> Redirector | None:

@@ -9,58 +9,22 @@ a process start per request and skew timings).
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 import logging
 import os
 import secrets
-import socket
 import subprocess
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+
+from zeropod_core.netns import run_in_netns, socket_in
+
+__all__ = ["NETNS_DIR", "PodNetwork", "run_in_netns", "socket_in"]
 
 log = logging.getLogger("zeropod.lab.netns")
 
 NETNS_DIR = Path("/var/run/netns")
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 _subnets = itertools.count(os.getpid() % 200)
-T = TypeVar("T")
-
-
-def run_in_netns(netns_path: str | Path, func: Callable[[], T]) -> T:
-    """Call ``func`` in a thread that has joined the network namespace at ``netns_path``."""
-    result: list[T] = []
-    error: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns({netns_path}): {os.strerror(err)}")
-            finally:
-                os.close(fd)
-            result.append(func())
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            error.append(exc)
-
-    thread = threading.Thread(target=target, name="netns-join")
-    thread.start()
-    thread.join()
-    if error:
-        raise error[0]
-    return result[0]
-
-
-def socket_in(netns_path: str | Path, family: int = socket.AF_INET,
-              kind: int = socket.SOCK_STREAM) -> socket.socket:
-    """A new socket that lives in the network namespace at ``netns_path``."""
-    return run_in_netns(netns_path, lambda: socket.socket(family, kind))
 
 
 def _ip(*args: str) -> None:

@@ -13,11 +13,14 @@ import enum
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zeropod_core.model import ContainerInfo
 
 from .oom import OomWatcher
+
+if TYPE_CHECKING:
+    from .scaler import Scaler
 from .reaper import Exit
 from .runc import Runc
 from .stdio import ProcessIO, StdioPaths
@@ -86,6 +89,7 @@ class Container:
     info: ContainerInfo
     rootfs_mounted: bool = False
     oom: OomWatcher | None = None
+    scaler: Scaler | None = None
     execs: dict[str, Process] = field(default_factory=dict)
     # Serialises "start + publish TaskStart" against "publish TaskExit" (events stay ordered).
     event_lock: asyncio.Lock = field(default_factory=asyncio.Lock)

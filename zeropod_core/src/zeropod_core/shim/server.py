@@ -74,6 +74,7 @@ def prepare() -> ShimHooks:
         settings = {k: v for k, v in os.environ.items() if k.startswith("ZEROPOD_")}
         pm.hook.zeropod_configure.call_historic(kwargs={"settings": settings})
         _hooks = ShimHooks(pm)
+        _hooks.annotations()
     return _hooks
 
 

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +21,13 @@ from typing import Any
 from google.protobuf import empty_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from zeropod_core import config as cfg
 from zeropod_core import ttrpc
 from zeropod_core.api import cgroups_v1, events, runc_options, task, task_types, typeurl
+from zeropod_core.builtin.cold_start import ColdStart
 from zeropod_core.hooks import ShimHooks
-from zeropod_core.model import ContainerInfo
+from zeropod_core.model import ContainerInfo, Trigger
+from zeropod_core.providers import Checkpointer
 
 from . import mounts
 from .events import EventPublisher
@@ -31,6 +35,8 @@ from .oom import OomWatcher
 from .process import Container, Process, State
 from .reaper import Exit, Reaper
 from .runc import Runc, RuncError
+from .runtime import ContainerRuntime
+from .scaler import RestoreFailed, Scaler, ScalerSettings
 from .stats import metrics_from_runc_stats
 from .stdio import ProcessIO, StdioPaths
 
@@ -77,6 +83,22 @@ def container_info(container_id: str, bundle: Path, namespace: str,
         netns_path=netns)
 
 
+_STOP_SIGNALS = frozenset({2, 3, 9, 15})  # INT, QUIT, KILL, TERM: the container is being stopped
+
+
+def _scaled_down(container: Container) -> bool:
+    return container.scaler is not None and container.scaler.scaled_down
+
+
+def _sleeping_metrics() -> Any:
+    """Small non-zero numbers: all-zero metrics are dropped by metrics-server (upstream #111)."""
+    metrics = cgroups_v1.Metrics()
+    metrics.cpu.usage.total = 1
+    metrics.memory.usage.usage = 1
+    metrics.pids.current = 1
+    return metrics
+
+
 class TaskService:
     """The Task API for every container of this shim."""
 
@@ -116,6 +138,16 @@ class TaskService:
         self.reaper.watch(process.pid, on_exit)
 
     async def _handle_exit(self, container: Container, process: Process, exited: Exit) -> None:
+        scaler = container.scaler
+        if scaler is not None:
+            if process is container.init and scaler.claims_exit(exited.pid):
+                log.debug("checkpointed process exited (swallowed)",
+                          extra={"container": container.id, "pid": exited.pid})
+                return
+            if process is container.init:
+                await scaler.stop()
+            else:
+                scaler.exec_exited()
         await process.record_exit(exited)
         async with container.event_lock:
             self.publisher.publish(events.TaskExit(
@@ -152,6 +184,62 @@ class TaskService:
         io.start_copying(asyncio.get_running_loop())
         return pid
 
+    # --- scale to zero ----------------------------------------------------------------------
+
+    def _managed(self, info: ContainerInfo, values: dict[str, object], terminal: bool) -> bool:
+        """Whether this container may scale down (never the pod's sandbox)."""
+        if info.sandbox:
+            return False
+        names = values.get(cfg.CONTAINER_NAMES)
+        if isinstance(names, frozenset) and names and \
+                not {info.container_name, info.id} & names:
+            return False
+        if not values.get(cfg.SCALEDOWN_DURATION):
+            return False
+        if terminal:
+            log.info("not scaling a container with a terminal", extra={"container": info.id})
+            return False
+        return True
+
+    def _make_scaler(self, container: Container, values: dict[str, object]) -> Scaler:
+        runtime = ContainerRuntime(container)
+        fallback = ColdStart(runtime)
+        settings = ScalerSettings.from_config(
+            values, [n for n in (container.info.container_name, container.id) if n])
+        checkpointer: Checkpointer = fallback
+        if settings.checkpointing:
+            checkpointer = self.hooks.make_checkpointer(container.info, runtime, values) or \
+                fallback
+        has_netns = bool(container.info.netns_path)
+        return Scaler(
+            container=container, settings=settings, checkpointer=checkpointer,
+            fallback=fallback,
+            redirector=self.hooks.make_redirector(container.info) if has_netns else None,
+            tracker=self.hooks.make_activity_tracker(container.info) if has_netns else None,
+            hooks=self.hooks, adopt=lambda pid: self._adopt(container, pid),
+            give_up=lambda status: self._give_up(container, status))
+
+    def _adopt(self, container: Container, pid: int) -> None:
+        """A restore (or cold start) gave the init a new host PID: follow it."""
+        container.init.pid = pid
+        self._watch(container, container.init)
+
+    def _give_up(self, container: Container, status: int) -> None:
+        """The container ends without a process to reap (killed or failed while asleep)."""
+        exited = Exit(container.init.pid, status, time.time())
+        asyncio.get_running_loop().create_task(
+            self._handle_exit(container, container.init, exited),
+            name=f"exit-{container.id}-init")
+
+    async def _wake(self, container: Container, trigger: Trigger) -> None:
+        if container.scaler is None:
+            return
+        try:
+            await container.scaler.restore(trigger)
+        except RestoreFailed as exc:
+            raise ttrpc.FailedPrecondition(f"container {container.id} could not be woken: "
+                                           f"{exc}") from exc
+
     # --- the Task service -------------------------------------------------------------------
 
     async def create(self, ctx: ttrpc.CallContext, req: Any) -> Any:
@@ -161,6 +249,18 @@ class TaskService:
             raise ttrpc.Unimplemented("creating a task from a checkpoint is not supported")
         bundle = Path(req.bundle)
         spec = json.loads((bundle / "config.json").read_text())
+        info = container_info(req.id, bundle, self.config.namespace, spec)
+        try:
+            values = self.hooks.annotations().parse(info.annotations)
+        except cfg.ConfigError as exc:
+            raise ttrpc.InvalidArgument(f"zeropod: {exc}") from exc
+        managed = self._managed(info, values, req.terminal)
+        if managed:
+            before = json.dumps(spec, sort_keys=True)
+            self.hooks.modify_spec(info, spec, values)
+            if json.dumps(spec, sort_keys=True) != before:
+                (bundle / "config.json").write_text(json.dumps(spec))
+                info = container_info(req.id, bundle, self.config.namespace, spec)
         options = runc_options.Options()
         if req.HasField("options") and typeurl.is_type(req.options, runc_options.Options):
             options = typeurl.unpack(req.options, runc_options.Options)
@@ -176,9 +276,7 @@ class TaskService:
             mounted = True
         paths = StdioPaths(req.stdin, req.stdout, req.stderr, req.terminal)
         init = Process(req.id, "", paths)
-        container = Container(req.id, bundle, runc, init, spec,
-                              container_info(req.id, bundle, self.config.namespace, spec),
-                              rootfs_mounted=mounted)
+        container = Container(req.id, bundle, runc, init, spec, info, rootfs_mounted=mounted)
         args = ["create", "--bundle", str(bundle)]
         if options.no_pivot_root:
             args.insert(1, "--no-pivot")
@@ -197,7 +295,9 @@ class TaskService:
         container.oom = OomWatcher.for_pid(
             asyncio.get_running_loop(), init.pid,
             lambda: self.publisher.publish(events.TaskOOM(container_id=req.id)))
-        self.hooks.container_created(container.info, {})
+        if managed:
+            container.scaler = self._make_scaler(container, values)
+        self.hooks.container_created(container.info, values)
         self.publisher.publish(events.TaskCreate(
             container_id=req.id, bundle=req.bundle, rootfs=list(req.rootfs),
             io=events.TaskIO(stdin=req.stdin, stdout=req.stdout, stderr=req.stderr,
@@ -221,6 +321,8 @@ class TaskService:
                 if process.state is State.CREATED:
                     process.state = State.RUNNING
                 self.publisher.publish(events.TaskStart(container_id=req.id, pid=process.pid))
+                if container.scaler is not None and process.state is State.RUNNING:
+                    container.scaler.begin()
             else:
                 await self._start_exec(container, process)
         return task.StartResponse(pid=process.pid)
@@ -237,6 +339,8 @@ class TaskService:
         finally:
             spec_file.unlink(missing_ok=True)
         process.state = State.RUNNING
+        if container.scaler is not None:
+            container.scaler.exec_started()
         self._watch(container, process)
         self.publisher.publish(events.TaskExecStarted(
             container_id=container.id, exec_id=process.exec_id, pid=process.pid))
@@ -247,6 +351,7 @@ class TaskService:
             raise ttrpc.AlreadyExists(f"id {req.exec_id}: already exists")
         if container.init.state is not State.RUNNING:
             raise ttrpc.FailedPrecondition(f"container {req.id} is not running")
+        await self._wake(container, Trigger.EXEC)
         spec = json.loads(req.spec.value) if req.HasField("spec") else {}
         process = Process(req.id, req.exec_id,
                           StdioPaths(req.stdin, req.stdout, req.stderr, req.terminal), spec=spec)
@@ -273,6 +378,14 @@ class TaskService:
             except ProcessLookupError as exc:
                 raise ttrpc.NotFound("process already finished: not found") from exc
             return EMPTY()
+        if container.scaler is not None:
+            if req.signal in _STOP_SIGNALS:
+                if await container.scaler.stop():
+                    # nothing runs while scaled down: the container ends with this signal
+                    self._give_up(container, 128 + req.signal)
+                    return EMPTY()
+            else:
+                await self._wake(container, Trigger.MANUAL)
         args = ["kill", *(["--all"] if req.all else []), req.id, str(req.signal)]
         try:
             await container.runc.run(*args)
@@ -300,6 +413,8 @@ class TaskService:
                                        exited_at=_timestamp(process.exited_at))
         if process.state in (State.RUNNING, State.PAUSED):
             raise ttrpc.FailedPrecondition(f"cannot delete running task {req.id}")
+        if container.scaler is not None:
+            await container.scaler.close()
         await self._destroy(container)
         self.hooks.container_deleted(container.info)
         self.publisher.publish(events.TaskDelete(
@@ -333,6 +448,8 @@ class TaskService:
 
     async def pids(self, ctx: ttrpc.CallContext, req: Any) -> Any:
         container = self._container(req.id)
+        if _scaled_down(container):
+            return task.PidsResponse(processes=[task_types.ProcessInfo(pid=container.init.pid)])
         try:
             pids = await container.runc.json("ps", "--format", "json", req.id) or []
         except RuncError as exc:
@@ -348,6 +465,7 @@ class TaskService:
 
     async def pause(self, ctx: ttrpc.CallContext, req: Any) -> Any:
         container = self._container(req.id)
+        await self._wake(container, Trigger.MANUAL)
         await self._runc_or_unknown(container, "pause", req.id)
         container.init.state = State.PAUSED
         self.publisher.publish(events.TaskPaused(container_id=req.id))
@@ -381,6 +499,9 @@ class TaskService:
 
     async def update(self, ctx: ttrpc.CallContext, req: Any) -> Any:
         container = self._container(req.id)
+        if _scaled_down(container):
+            log.info("update ignored while scaled down", extra={"container": req.id})
+            return EMPTY()
         try:
             await container.runc.run("update", "--resources", "-", req.id,
                                      input=req.resources.value)
@@ -390,6 +511,8 @@ class TaskService:
 
     async def stats(self, ctx: ttrpc.CallContext, req: Any) -> Any:
         container = self._container(req.id)
+        if _scaled_down(container):
+            return task.StatsResponse(stats=typeurl.pack(_sleeping_metrics()))
         try:
             raw = await container.runc.json("events", "--stats", req.id)
         except RuncError as exc:

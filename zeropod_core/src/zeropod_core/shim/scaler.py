@@ -1,0 +1,339 @@
+"""The scale-to-zero state machine of one container (DESIGN.md, "Container states").
+
+::
+
+    RUNNING --idle for scaledown-duration--> CHECKPOINTING --ok--> SCALED_DOWN
+       ^                                        | fail: RUNNING again, error recorded,
+       |                                        |       later scale-downs kill instead
+    RESTORING <--first connection or exec-- SCALED_DOWN
+       | fail: cold start from the bundle; if that fails the container exits(1)
+
+One lock per container serialises checkpoint and restore. The redirect is turned on before
+the checkpoint starts (connections that arrive during the dump wait in the activator) and off
+only after the restored process runs. The exit of the checkpointed process is swallowed: to
+containerd the container stays running, with its last PID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from zeropod_core import config as cfg
+from zeropod_core.activator import Activator, ActivatorSettings
+from zeropod_core.hooks import ShimHooks
+from zeropod_core.model import ContainerStatus, Outcome, Phase, Trigger
+from zeropod_core.ports import listening_ports
+from zeropod_core.providers import ActivityTracker, Checkpointer, Redirector, RestoredProcess
+
+from .process import Container
+
+log = logging.getLogger("zeropod.scaler")
+
+PORT_DETECTION_LIMIT_S = 300.0
+EXIT_WAIT_S = 5.0
+
+
+@dataclass(frozen=True)
+class ScalerSettings:
+    """A container's scale-to-zero settings, from its annotations."""
+
+    scaledown_s: float
+    ports: tuple[int, ...] | None
+    checkpointing: bool
+    activator: ActivatorSettings
+
+    @classmethod
+    def from_config(cls, values: Mapping[str, object], names: Sequence[str]) -> ScalerSettings:
+        """Settings for the container known as any of ``names`` (CRI name, id)."""
+        ports_map = values.get(cfg.PORTS_MAP)
+        ports = None
+        if isinstance(ports_map, dict):
+            ports = next((tuple(ports_map[n]) for n in names if n in ports_map), None)
+        return cls(
+            scaledown_s=_number(values, cfg.SCALEDOWN_DURATION, 0.0),
+            ports=ports,
+            checkpointing=not values.get(cfg.DISABLE_CHECKPOINTING),
+            activator=ActivatorSettings(
+                probe_detection=not values.get(cfg.DISABLE_PROBE_DETECTION),
+                probe_buffer_size=int(_number(values, cfg.PROBE_BUFFER_SIZE, 1024)),
+                connect_timeout_s=_number(values, cfg.CONNECT_TIMEOUT, 5.0),
+                proxy_timeout_s=_number(values, cfg.PROXY_TIMEOUT, 0.0),
+            ))
+
+
+def _number(values: Mapping[str, object], key: str, default: float) -> float:
+    value = values.get(key)
+    return float(value) if isinstance(value, int | float) else default
+
+
+class RestoreFailed(RuntimeError):
+    """Neither the restore nor the cold start brought the container back."""
+
+
+class Scaler:
+    """Scales one container to zero when idle and back on the next connection or exec."""
+
+    def __init__(self, *, container: Container, settings: ScalerSettings,
+                 checkpointer: Checkpointer, fallback: Checkpointer,
+                 redirector: Redirector | None, tracker: ActivityTracker | None,
+                 hooks: ShimHooks, adopt: Callable[[int], None],
+                 give_up: Callable[[int], None]) -> None:
+        """:param adopt: called with the new PID after a restore (the shim watches it).
+        :param give_up: called with an exit status when the container cannot come back."""
+        self.container, self.settings, self.hooks = container, settings, hooks
+        self.checkpointer, self.fallback = checkpointer, fallback
+        self.redirector, self.tracker = redirector, tracker
+        self._adopt, self._give_up = adopt, give_up
+        self.phase = Phase.RUNNING
+        self.ports: list[int] = []
+        self.activator: Activator | None = None
+        self.lock = asyncio.Lock()
+        self.running_execs = 0
+        self.last_checkpoint: Outcome | None = None
+        self.last_restore: Outcome | None = None
+        self.status_listeners: list[Callable[[ContainerStatus], None]] = []
+        self._baseline = time.monotonic()
+        self._timer: asyncio.Task[None] | None = None
+        self._setup: asyncio.Task[None] | None = None
+        self._expected_exits: dict[int, asyncio.Future[None]] = {}
+        self._restoring: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    # --- wiring ------------------------------------------------------------------------------
+
+    def begin(self) -> None:
+        """The container's init was started: find its ports, start tracking, arm the timer."""
+        self._setup = asyncio.get_running_loop().create_task(
+            self._set_up(), name=f"scaler-setup-{self.container.id}")
+        self._setup.add_done_callback(_log_failure)
+
+    async def _set_up(self) -> None:
+        self.ports = list(self.settings.ports or await self._detect_ports())
+        log.info("scale-to-zero on", extra={
+            "container": self.container.id, "ports": self.ports,
+            "scaledown_s": self.settings.scaledown_s,
+            "checkpointer": type(self.checkpointer).__name__})
+        if self.tracker is not None and self.ports:
+            await self.tracker.track(self.ports)
+        if self.redirector is not None and self.ports:
+            self.activator = Activator(
+                netns_path=self.container.info.netns_path,
+                ports=[(p, self.redirector.activator_port(p)) for p in self.ports],
+                restore=lambda: self.restore(Trigger.CONNECTION),
+                classify=lambda peek: self.hooks.classify_connection(self.container.info, peek),
+                settings=self.settings.activator)
+            await self.activator.start()
+        else:
+            log.warning("no redirector (or no ports): waking on traffic is off; the container "
+                        "scales down on a plain timer and wakes only through exec",
+                        extra={"container": self.container.id})
+        self.arm()
+
+    async def _detect_ports(self) -> list[int]:
+        """Poll /proc until the app listens (it may take a while to start)."""
+        delay, deadline = 0.1, time.monotonic() + PORT_DETECTION_LIMIT_S
+        while time.monotonic() < deadline and not self._stopped:
+            ports = listening_ports(self.container.init.pid)
+            if ports:
+                return ports
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        log.warning("no listening ports found", extra={"container": self.container.id})
+        return []
+
+    # --- timer ------------------------------------------------------------------------------
+
+    def arm(self) -> None:
+        """(Re)start counting idle time from now."""
+        self._baseline = time.monotonic()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._stopped or self.settings.scaledown_s <= 0:
+            return
+        self._timer = asyncio.get_running_loop().create_task(
+            self._count_down(), name=f"scaler-timer-{self.container.id}")
+        self._timer.add_done_callback(_log_failure)
+
+    def idle_for(self) -> float:
+        """Seconds since the last activity on the ports (or since start/restore)."""
+        last = self._baseline
+        if self.tracker is not None:
+            seen = self.tracker.last_activity()
+            if seen is not None:
+                last = max(last, seen)
+        return time.monotonic() - last
+
+    async def _count_down(self) -> None:
+        delay = self.settings.scaledown_s
+        while True:
+            await asyncio.sleep(delay)
+            idle = self.idle_for()
+            if self.running_execs or idle < self.settings.scaledown_s:
+                delay = max(self.settings.scaledown_s - idle, 0.05)
+                continue
+            self._timer = None
+            await self.scale_down()
+            return
+
+    # --- checkpoint -------------------------------------------------------------------------
+
+    def _publish(self, phase: Phase, duration_s: float = 0.0, log_tail: str = "") -> None:
+        status = ContainerStatus(self.container.info, phase, time.time(), duration_s, log_tail)
+        self.hooks.phase_changed(status)
+        for listener in self.status_listeners:
+            listener(status)
+
+    def claims_exit(self, pid: int) -> bool:
+        """Whether an exit of ``pid`` is the checkpointed process going away (swallowed)."""
+        future = self._expected_exits.pop(pid, None)
+        if future is None:
+            return False
+        if not future.done():
+            future.set_result(None)
+        return True
+
+    async def scale_down(self) -> None:
+        async with self.lock:
+            if self.phase is not Phase.RUNNING or self._stopped:
+                return
+            self.phase = Phase.CHECKPOINTING
+            if self.redirector is not None and self.activator is not None:
+                await self.redirector.redirect(self.ports)
+            self.hooks.before_checkpoint(self.container.info)
+            pid = self.container.init.pid
+            exited = self._expected_exits[pid] = asyncio.get_running_loop().create_future()
+            started = time.monotonic()
+            try:
+                outcome = await self.checkpointer.checkpoint()
+            except Exception as exc:
+                log.exception("checkpoint raised", extra={"container": self.container.id})
+                outcome = Outcome(ok=False, duration_s=time.monotonic() - started,
+                                  error=str(exc))
+            self.last_checkpoint = outcome
+            self.hooks.after_checkpoint(self.container.info, outcome)
+            if outcome.ok:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(exited), EXIT_WAIT_S)
+                self.phase = Phase.SCALED_DOWN
+                log.info("scaled down", extra={"container": self.container.id,
+                                               "duration_s": round(outcome.duration_s, 4),
+                                               "image_bytes": outcome.image_bytes})
+                self._publish(Phase.SCALED_DOWN, outcome.duration_s)
+                return
+            self._expected_exits.pop(pid, None)
+            if self.redirector is not None and self.activator is not None:
+                await self.redirector.release(self.ports)
+            self.phase = Phase.RUNNING
+            log.error("checkpoint failed, the app keeps running; later scale-downs kill it "
+                      "instead", extra={"container": self.container.id,
+                                        "error": outcome.error, "log_tail": outcome.log_tail})
+            self._publish(Phase.CHECKPOINT_FAILED, outcome.duration_s, outcome.log_tail)
+            self.checkpointer = self.fallback
+        self.arm()
+
+    # --- restore ----------------------------------------------------------------------------
+
+    async def restore(self, trigger: Trigger) -> None:
+        """Bring the container back if it sleeps; concurrent callers share one restore."""
+        if self.phase is Phase.RUNNING and not self.lock.locked():
+            return
+        if self._restoring is None or self._restoring.done():
+            self._restoring = asyncio.get_running_loop().create_task(
+                self._restore(trigger), name=f"scaler-restore-{self.container.id}")
+        await asyncio.shield(self._restoring)
+
+    async def _restore(self, trigger: Trigger) -> None:
+        async with self.lock:
+            if self.phase is not Phase.SCALED_DOWN:
+                return
+            self.phase = Phase.RESTORING
+            self.hooks.before_restore(self.container.info, trigger)
+            started = time.monotonic()
+            try:
+                restored = await self.checkpointer.restore()
+            except Exception as exc:  # noqa: BLE001 - any failure falls back to a cold start
+                restored = await self._cold_start(exc, time.monotonic() - started)
+            self._adopt(restored.pid)
+            if self.redirector is not None and self.activator is not None:
+                await self.redirector.release(self.ports)
+            self.phase = Phase.RUNNING
+            self.last_restore = restored.outcome
+            self.hooks.after_restore(self.container.info, restored.outcome)
+            log.info("restored", extra={"container": self.container.id, "pid": restored.pid,
+                                        "trigger": trigger.value,
+                                        "duration_s": round(restored.outcome.duration_s, 4)})
+            self._publish(Phase.RUNNING, restored.outcome.duration_s)
+        self.arm()
+
+    async def _cold_start(self, error: Exception, duration_s: float) -> RestoredProcess:
+        failed = Outcome(ok=False, duration_s=duration_s, error=str(error))
+        self.hooks.after_restore(self.container.info, failed)
+        log.error("restore failed, cold-starting the container", extra={
+            "container": self.container.id, "error": str(error)})
+        self._publish(Phase.RESTORE_FAILED, duration_s, str(error)[-4000:])
+        self.checkpointer = self.fallback
+        try:
+            return await self.fallback.restore()
+        except Exception as exc:
+            log.error("cold start failed too: the container exits",
+                      extra={"container": self.container.id, "error": str(exc)})
+            self._stopped = True
+            self.phase = Phase.STOPPING
+            self._give_up(1)
+            raise RestoreFailed(f"restore failed ({error}) and cold start failed ({exc})") \
+                from exc
+
+    # --- execs ------------------------------------------------------------------------------
+
+    def exec_started(self) -> None:
+        self.running_execs += 1
+
+    def exec_exited(self) -> None:
+        self.running_execs = max(0, self.running_execs - 1)
+        if not self.running_execs and self.phase is Phase.RUNNING:
+            self.arm()
+
+    # --- the end ----------------------------------------------------------------------------
+
+    @property
+    def scaled_down(self) -> bool:
+        return self.phase is Phase.SCALED_DOWN
+
+    async def stop(self) -> bool:
+        """No more scaling (Kill or the app exited); True if the container was scaled down."""
+        self._stopped = True
+        for task in (self._timer, self._setup):
+            if task is not None:
+                task.cancel()
+        async with self.lock:  # let a checkpoint or restore in flight finish
+            was_down = self.phase is Phase.SCALED_DOWN
+            self.phase = Phase.STOPPING
+        if self.activator is not None:
+            await self.activator.close()
+            self.activator = None
+        if was_down and self.redirector is not None:
+            await self.redirector.release(self.ports)
+        self._publish(Phase.STOPPING)
+        return was_down
+
+    async def close(self) -> None:
+        """The container is deleted: release the redirector, tracker and images."""
+        if not self._stopped:
+            await self.stop()
+        for closer in (self.tracker, self.redirector):
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    await closer.close()
+        with contextlib.suppress(Exception):
+            await self.checkpointer.discard()
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("scaler task failed", exc_info=task.exception(),
+                  extra={"task": task.get_name()})
