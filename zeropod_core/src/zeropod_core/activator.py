@@ -34,6 +34,12 @@ PROBE_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 # How long the activator waits for a client to speak before treating it as a client that
 # waits for the server (a database protocol): such a connection wakes the container.
 PEEK_WAIT_S = 0.05
+# A freshly restored app may have a small listen backlog (Python's http.server: 5). A burst of
+# first connections from the activator overflows it (SYN cookies, resets), so at most this
+# many connections may be waiting for the app's first answer at once; a slot is released at
+# the first byte from the app, or after PENDING_HOLD_S for apps that wait for the client.
+PENDING_LIMIT = 4
+PENDING_HOLD_S = 1.0
 _RETRY_S = 0.001
 
 
@@ -61,6 +67,7 @@ class Activator:
         self._connections: set[asyncio.Task[None]] = set()
         self.proxied = 0
         self.probes_answered = 0
+        self._pending = asyncio.Semaphore(PENDING_LIMIT)
 
     async def start(self) -> None:
         """Listen on every activator port (dual-stack) inside the pod's namespace."""
@@ -131,16 +138,24 @@ class Activator:
                     with contextlib.suppress(OSError):
                         await writer.drain()
                 self.probes_answered += 1
-                log.debug("probe answered without waking", extra={"peer": str(peer)})
+                log.info("probe answered without waking", extra={"peer": str(peer),
+                                                                  "peek": peek[:64].decode(
+                                                                      "latin-1")})
                 return
             if closed and not peek:
+                log.info("client closed before sending anything", extra={"peer": str(peer)})
                 return  # nothing to forward and nobody to answer
             await self._restore()
-            upstream = await self._connect(app_port, ipv6=_is_ipv6(peer))
-            self.proxied += 1
-            await self._proxy(reader, writer, upstream, peek)
+            await self._pending.acquire()
+            slot = _Slot(self._pending)
+            try:
+                upstream = await self._connect(app_port, ipv6=_is_ipv6(peer))
+                self.proxied += 1
+                await self._proxy(reader, writer, upstream, peek, slot)
+            finally:
+                slot.release()
         except (OSError, asyncio.IncompleteReadError) as exc:
-            log.debug("activator connection ended", extra={"peer": str(peer),
+            log.info("activator connection ended", extra={"peer": str(peer),
                                                            "error": str(exc)})
         except Exception:
             log.exception("activator connection failed", extra={"peer": str(peer)})
@@ -168,12 +183,14 @@ class Activator:
             await asyncio.sleep(_RETRY_S)
 
     async def _proxy(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     upstream_sock: socket.socket, first: bytes) -> None:
+                     upstream_sock: socket.socket, first: bytes, slot: _Slot) -> None:
         up_reader, up_writer = await asyncio.open_connection(sock=upstream_sock)
+        hold = asyncio.get_running_loop().call_later(PENDING_HOLD_S, slot.release)
         try:
             if first:
                 up_writer.write(first)
-            copy = asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            copy = asyncio.gather(_pipe(reader, up_writer),
+                                  _pipe(up_reader, writer, on_data=slot.release))
             if self.settings.proxy_timeout_s > 0:
                 try:
                     await asyncio.wait_for(copy, self.settings.proxy_timeout_s)
@@ -183,15 +200,32 @@ class Activator:
             else:
                 await copy
         finally:
+            hold.cancel()
             up_writer.close()
             with contextlib.suppress(OSError):
                 await up_writer.wait_closed()
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+class _Slot:
+    """One place in the activator's pending-connections limit, released at most once."""
+
+    def __init__(self, semaphore: asyncio.Semaphore) -> None:
+        self._semaphore: asyncio.Semaphore | None = semaphore
+
+    def release(self) -> None:
+        if self._semaphore is not None:
+            self._semaphore.release()
+            self._semaphore = None
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                on_data: Callable[[], None] | None = None) -> None:
     """Copy until EOF, then half-close the other side so it sees the end too."""
     try:
         while chunk := await reader.read(65536):
+            if on_data is not None:
+                on_data()
+                on_data = None
             writer.write(chunk)
             await writer.drain()
         if writer.can_write_eof():

@@ -114,6 +114,11 @@ class PrivateContainerd:
     def runc_root(self) -> Path:
         return self.base / "runc"
 
+    @property
+    def image_root(self) -> Path:
+        """Where zeropod's shims keep checkpoint images (``ZEROPOD_IMAGE_ROOT``)."""
+        return Path(self.env["ZEROPOD_IMAGE_ROOT"])
+
     @classmethod
     def start(
         cls, base: Path, *, debug: bool = False, shim: Path | None = None,
@@ -124,7 +129,10 @@ class PrivateContainerd:
         :param shim: the ``containerd-shim-zeropod-v2`` binary to offer (linked into opt/bin).
         :param env: extra environment for containerd, which its shims inherit (``ZEROPOD_*``).
         """
-        daemon = cls(base=base, env=dict(env or {}))
+        # The shims inherit containerd's environment: keep their state inside the lab too.
+        defaults = {"ZEROPOD_IMAGE_ROOT": str(base / "images"),
+                    "ZEROPOD_BPF_ROOT": str(base / "bpf")}
+        daemon = cls(base=base, env={**defaults, **(env or {})})
         for sub in ("root", "state", "opt/bin", "fifo", "runc"):
             (base / sub).mkdir(parents=True, exist_ok=True)
         shim = shim or Path(sys.executable).with_name(SHIM_BINARY)
