@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+
 from zeropod_core.lab.containerd import RUNC_RUNTIME, LabContainer
 from zeropod_core.lab.http import HttpError, http_get, wait_for_http
 from zeropod_core.lab.netns import PodNetwork

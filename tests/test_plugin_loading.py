@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from zeropod_core.model import RoleName
 from zeropod_core.plugins import make_plugin_manager
 

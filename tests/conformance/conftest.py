@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from zeropod_core.lab.containerd import RUNC_RUNTIME, ZEROPOD_RUNTIME
 
 

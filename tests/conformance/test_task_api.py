@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
 from zeropod_core.lab.containerd import LabContainer, PrivateContainerd
 from zeropod_core.lab.http import http_get, wait_for_http
 from zeropod_core.lab.netns import PodNetwork
