@@ -1,55 +1,85 @@
 """``zeropod demo``: the embedded default, end to end on one machine, with timings.
 
 Starts a private containerd, imports the lab images, makes a pod/client namespace pair and runs
-the counter app, then shows it serving requests from the client namespace. Everything it
-started is removed at the end (``--keep`` leaves it for a look around).
+the counter app under ``io.containerd.zeropod.v2`` with a short scale-down duration. It then
+shows the app serving, scaling to zero (its process is gone, a checkpoint image is on disk),
+and waking up on the next request with its in-memory counter intact, with the latency the
+client saw. Everything it started is removed at the end (``--keep`` leaves it running).
 """
 
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 from . import images
-from .containerd import RUNC_RUNTIME, PrivateContainerd, lab_base
+from .containerd import ZEROPOD_RUNTIME, PrivateContainerd, lab_base
 from .http import http_get, wait_for_http
 from .netns import PodNetwork
+
+SCALEDOWN = "2s"
 
 
 def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def run_demo(*, keep: bool = False) -> int:
+def _pod_pids(net: PodNetwork) -> list[str]:
+    out = subprocess.run(["ip", "netns", "pids", net.pod], capture_output=True, text=True)
+    return out.stdout.split()
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+
+def _wait_asleep(net: PodNetwork, timeout: float) -> float:
+    start = time.monotonic()
+    while _pod_pids(net):
+        if time.monotonic() - start > timeout:
+            raise RuntimeError(f"the app did not scale down within {timeout} s")
+        time.sleep(0.01)
+    return time.monotonic() - start
+
+
+def run_demo(*, keep: bool = False, cycles: int = 3) -> int:
     """Run the demo; return the process exit code."""
     t0 = time.monotonic()
     daemon = PrivateContainerd.start(lab_base("zeropod-demo"))
     net: PodNetwork | None = None
     try:
-        _say(f"containerd  started in {daemon.base} ({time.monotonic() - t0:.2f} s)")
+        _say(f"containerd   private daemon in {daemon.base} ({time.monotonic() - t0:.2f} s)")
         t = time.monotonic()
-        for spec in (images.busybox_httpd_spec(), images.counter_app_spec()):
-            daemon.import_image(images.build(spec))
-        _say(f"images      built and imported ({time.monotonic() - t:.2f} s): "
-             f"{images.BUSYBOX_HTTPD}, {images.COUNTER_APP}")
+        daemon.import_image(images.build(images.counter_app_spec()))
+        _say(f"image        {images.COUNTER_APP} built offline and imported "
+             f"({time.monotonic() - t:.2f} s)")
         net = PodNetwork.create("zpdemo")
-        _say(f"network     pod {net.pod} ({net.pod_ip}) <-veth-> client {net.client}")
+        _say(f"network      pod {net.pod} ({net.pod_ip}) <-veth-> client {net.client}")
         t = time.monotonic()
-        daemon.run(images.COUNTER_APP, "demo-app", runtime=RUNC_RUNTIME, netns=net.pod_path)
+        container = daemon.run(images.COUNTER_APP, "demo-app", runtime=ZEROPOD_RUNTIME,
+                               netns=net.pod_path, env={"APP_ALLOC_MIB": "32"},
+                               annotations={"zeropod.ctrox.dev/scaledown-duration": SCALEDOWN})
         first = wait_for_http(net.client_path, net.pod_ip, 8080)
-        _say(f"run         {RUNC_RUNTIME}: ctr run -d -> first HTTP response "
-             f"{(time.monotonic() - t) * 1000:.0f} ms: {first.body.decode()}")
-        for _ in range(3):
-            response = http_get(net.client_path, net.pod_ip, 8080)
-            _say(f"request     {response.elapsed_s * 1000:5.1f} ms  {response.body.decode()}")
-        _say("scale-to-zero: the zeropod shim (io.containerd.zeropod.v2) is not built yet; "
-             "this demo runs the app under runc.v2 and will show it scaling down and waking "
-             "up once it is.")
+        _say(f"run          {ZEROPOD_RUNTIME}, scaledown-duration {SCALEDOWN}: first response "
+             f"{(time.monotonic() - t) * 1000:.0f} ms after `ctr run -d`: {first.body.decode()}")
+        second = http_get(net.client_path, net.pod_ip, 8080)
+        _say(f"request      {second.elapsed_s * 1000:6.1f} ms  {second.body.decode()}")
+        image_dir = daemon.image_root / container.id / "snapshot"
+        for cycle in range(1, cycles + 1):
+            idle = _wait_asleep(net, timeout=30)
+            _say(f"scaled down  cycle {cycle}: no process left in the pod after {idle:.1f} s "
+                 f"more; containerd says {container.status()}, pid {container.task_pid()}; "
+                 f"checkpoint image {_size(image_dir) / 2**20:.1f} MiB")
+            woken = http_get(net.client_path, net.pod_ip, 8080, timeout=30)
+            _say(f"woken up     {woken.elapsed_s * 1000:6.1f} ms (connect to full response): "
+                 f"{woken.body.decode()}")
+        _say(f"done         the counter kept counting across {cycles} checkpoints "
+             f"(total {time.monotonic() - t0:.1f} s)")
         if keep:
-            _say(f"--keep: containerd pid {daemon.process.pid if daemon.process else '?'}, "
-                 f"ctr --address {daemon.address} -n {daemon.namespace} ...")
-            return 0
+            _say(f"--keep: ctr --address {daemon.address} -n {daemon.namespace} task ls")
         return 0
     finally:
         if not keep:
@@ -57,7 +87,7 @@ def run_demo(*, keep: bool = False) -> int:
             shutil.rmtree(daemon.base, ignore_errors=True)
             if net is not None:
                 net.delete()
-            _say(f"cleanup     done; total {time.monotonic() - t0:.2f} s")
+            _say("cleanup      containerd stopped, namespaces and files removed")
 
 
 if __name__ == "__main__":
