@@ -74,9 +74,11 @@ class RuntimeHandle(Protocol):
         """The current host PID of the container's init (it changes on every restore)."""
         ...
 
-    async def runc(self, *args: str, stdio: StdioPipes | None = None) -> RuncResult:
+    async def runc(self, *args: str, stdio: StdioPipes | None = None,
+                   timeout_s: float | None = None) -> RuncResult:
         """Run ``runc --root <runc_root> --log <bundle>/log.json <args>`` through the shim's
-        reaper (never with subprocess: the shim is the only reaper of its children)."""
+        reaper (never with subprocess: the shim is the only reaper of its children). After
+        ``timeout_s`` runc and everything it started (CRIU) are killed and the call fails."""
         ...
 
     def new_stdio(self) -> StdioPipes:

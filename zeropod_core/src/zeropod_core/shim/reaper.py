@@ -68,16 +68,21 @@ class Reaper:
         self.reap()  # children that exited before the handler existed
 
     def spawn(self, argv: Sequence[str], *, stdin: int | None = None, stdout: int | None = None,
-              stderr: int | None = None, env: Mapping[str, str] | None = None) -> int:
+              stderr: int | None = None, env: Mapping[str, str] | None = None,
+              own_group: bool = False) -> int:
         """Start ``argv`` (looked up on PATH) with the given fds as its stdio; return its PID.
 
-        A ``None`` stdio slot becomes ``/dev/null``. The child gets default signal handling.
+        A ``None`` stdio slot becomes ``/dev/null``. The child gets default signal handling;
+        with ``own_group`` it leads a new process group (so it can be killed with its helpers).
         """
         devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         try:
             actions = [(os.POSIX_SPAWN_DUP2, devnull if fd is None else fd, target)
                        for target, fd in enumerate((stdin, stdout, stderr))]
             environ = dict(env if env is not None else os.environ)
+            if own_group:
+                return os.posix_spawnp(argv[0], list(argv), environ, file_actions=actions,
+                                       setsigdef=_RESET_SIGNALS, setsigmask=(), setpgroup=0)
             return os.posix_spawnp(argv[0], list(argv), environ, file_actions=actions,
                                    setsigdef=_RESET_SIGNALS, setsigmask=())
         finally:

@@ -9,8 +9,10 @@ the exception's message, so what containerd shows the user is runc's own reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,13 +86,15 @@ class Runc:
 
     async def run(self, *args: str, stdio: Sequence[int | None] = (None, None, None),
                   input: bytes | None = None, capture: bool = False,
-                  check: bool = True) -> RuncOutput:
+                  check: bool = True, timeout_s: float | None = None) -> RuncOutput:
         """Run ``runc <args>``; raise :class:`RuncError` on failure when ``check``.
 
         :param stdio: fds for the command's stdin/stdout/stderr (container stdio for create,
             exec, restore); ignored where ``input``/``capture`` need the slot.
         :param input: bytes to feed on stdin (must fit a pipe buffer: ``runc update``).
         :param capture: collect stdout (``runc ps``, ``runc events``).
+        :param timeout_s: kill runc and its helpers (CRIU) after this long; a restore from a
+            damaged image can otherwise hang in CRIU forever.
         """
         stdin, stdout, stderr = stdio
         close_after: list[int] = []
@@ -111,13 +115,23 @@ class Runc:
             close_after.append(err_w)
         log_offset = self._log_size()
         try:
-            pid = self.reaper.spawn(self.argv(*args), stdin=stdin, stdout=stdout, stderr=stderr)
+            pid = self.reaper.spawn(self.argv(*args), stdin=stdin, stdout=stdout, stderr=stderr,
+                                    own_group=timeout_s is not None)
         finally:
             for fd in close_after:
                 os.close(fd)
         reads = [_read_to_eof(fd) for fd in (out_r, err_r) if fd is not None]
-        outputs = await asyncio.gather(*reads)
-        exited = await self.reaper.wait(pid)
+        try:
+            async with asyncio.timeout(timeout_s):
+                outputs = await asyncio.gather(*reads)
+                exited = await self.reaper.wait(pid)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            await self.reaper.wait(pid)
+            raise RuncError(args[0], -signal.SIGKILL,
+                            f"timed out after {timeout_s} s and was killed: "
+                            f"{self._errors_since(log_offset) or 'no error logged'}") from None
         captured = outputs[0] if out_r is not None else b""
         err_text = outputs[-1].decode(errors="replace") if err_r is not None else ""
         if check and exited.status != 0:

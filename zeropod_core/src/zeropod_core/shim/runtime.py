@@ -39,10 +39,11 @@ class ContainerRuntime:
     def init_pid(self) -> int:
         return self._container.init.pid
 
-    async def runc(self, *args: str, stdio: StdioPipes | None = None) -> RuncResult:
+    async def runc(self, *args: str, stdio: StdioPipes | None = None,
+                   timeout_s: float | None = None) -> RuncResult:
         fds = (stdio.stdin, stdio.stdout, stdio.stderr) if stdio else (None, None, None)
         try:
-            await self._container.runc.run(*args, stdio=fds)
+            await self._container.runc.run(*args, stdio=fds, timeout_s=timeout_s)
         except RuncError as exc:
             return RuncResult(exc.returncode, exc.message)
         return RuncResult(0, "")

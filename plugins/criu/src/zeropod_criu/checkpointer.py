@@ -1,0 +1,270 @@
+"""The CRIU checkpointer: ``runc checkpoint`` to disk, ``runc restore`` back.
+
+All runc calls go through the shim's :class:`~zeropod_core.providers.RuntimeHandle`, which
+spawns runc via the shim's reaper. What the core has to know:
+
+* ``runc checkpoint`` **kills** the container's processes (no ``--leave-running``): the core
+  sees the init's exit and must swallow it, and the dumped init must have been reaped before
+  :meth:`CriuCheckpointer.restore` (CRIU fails with "Can't fork ...: File exists" otherwise;
+  :meth:`~CriuCheckpointer.restore` waits a little for it).
+* After a failed checkpoint the container is thawed and keeps running (verified, and said in
+  the outcome's error when it is not).
+* :meth:`~CriuCheckpointer.restore` runs ``runc restore --detach`` with fresh stdio pipes
+  (:meth:`RuntimeHandle.new_stdio`); the restored init gets a new host PID, a child of the
+  shim (the shim is a subreaper and runc asks CRIU for ``--restore-sibling``), which the core
+  must watch from then on. On failure it raises :class:`CriuRestoreError` and keeps the
+  images for inspection; the core then cold-starts the container.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from zeropod_core.model import ContainerInfo, Outcome
+from zeropod_core.providers import RestoredProcess, RuntimeHandle
+
+from .criulog import TAIL_LINES, log_tail, read_stats
+from .freezer import FreezeError, Freezer
+from .paths import ImagePaths, tree_size
+from .settings import CriuSettings, wants_pre_dump
+
+log = logging.getLogger("zeropod.criu.checkpointer")
+
+# How long restore() waits for the dumped init to be reaped before it tries anyway.
+REAP_WAIT_S = 2.0
+
+
+class CriuRestoreError(RuntimeError):
+    """``runc restore`` failed; the message carries runc's error and CRIU's log tail."""
+
+    def __init__(self, message: str, *, runc_error: str = "", log_tail: str = "") -> None:
+        super().__init__(message)
+        self.runc_error, self.log_tail = runc_error, log_tail
+
+
+@dataclass(frozen=True)
+class _Frozen:
+    """How the container was frozen before the dump, so a failure can undo it."""
+
+    method: str  # "cgroup-v1", "cgroup-v2", "runc-pause" or "none"
+    seconds: float = 0.0
+    freezer: Freezer | None = None
+
+
+def _process_start(pid: int) -> str | None:
+    """Field 22 of ``/proc/<pid>/stat`` (start time): tells a PID from a reused one."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def _process_state(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()
+    return fields[0] if fields else None
+
+
+class CriuCheckpointer:
+    """Checkpoints one container with ``runc checkpoint`` and restores it with ``runc restore``.
+
+    :param container: the container (its id names the image directory).
+    :param runtime: the shim's runc driver for it.
+    :param config: the container's parsed annotations (``zeropod.ctrox.dev/pre-dump``).
+    :param settings: process settings (default: from the environment).
+    :param mem_track: whether CRIU can track memory changes (pre-dumps); None = unknown,
+        which disables pre-dumps.
+    """
+
+    def __init__(self, container: ContainerInfo, runtime: RuntimeHandle,
+                 config: Mapping[str, object], *, settings: CriuSettings | None = None,
+                 mem_track: bool | None = None) -> None:
+        self.container, self.runtime = container, runtime
+        self.settings = settings or CriuSettings.from_environ()
+        self.paths = ImagePaths(self.settings.image_root, container.id)
+        requested = wants_pre_dump(config)
+        self.pre_dump = requested and bool(mem_track)
+        if requested and not self.pre_dump:
+            log.info("pre-dump requested but not available, dumping in one step",
+                     extra={"container": container.id})
+        self._dumped: tuple[int, str | None] | None = None
+
+    # --- checkpoint ---------------------------------------------------------------------
+
+    def _common_flags(self) -> list[str]:
+        flags = []
+        if self.settings.file_locks:
+            flags.append("--file-locks")
+        if self.settings.ext_unix_sk:
+            flags.append("--ext-unix-sk")
+        return flags
+
+    async def _freeze(self, pid: int) -> _Frozen:
+        """Freeze the container so CRIU skips its 100 ms freezer sleep (best effort)."""
+        if not self.settings.prefreeze:
+            return _Frozen("none")
+        freezer = Freezer.for_pid(pid)
+        if freezer is not None:
+            try:
+                seconds = await freezer.freeze()
+            except FreezeError as exc:
+                log.warning("cannot pre-freeze the container, CRIU freezes it itself",
+                            extra={"container": self.container.id, "error": str(exc)})
+                return _Frozen("none")
+            return _Frozen(f"cgroup-{freezer.kind}", seconds, freezer)
+        start = time.monotonic()
+        result = await self.runtime.runc("pause", self.container.id)
+        if result.returncode != 0:
+            log.warning("cannot pre-freeze the container (no cgroup freezer, runc pause "
+                        "failed), CRIU freezes it itself",
+                        extra={"container": self.container.id, "error": result.error})
+            return _Frozen("none")
+        return _Frozen("runc-pause", time.monotonic() - start)
+
+    async def _thaw(self, frozen: _Frozen) -> bool:
+        """Undo :meth:`_freeze` after a failed dump; True if the cgroup is thawed."""
+        if frozen.freezer is not None:
+            return frozen.freezer.thaw()
+        if frozen.method == "runc-pause":
+            return (await self.runtime.runc("resume", self.container.id)).returncode == 0
+        # Nothing frozen by us; CRIU thaws what it froze. Still make sure nothing stays frozen.
+        freezer = Freezer.for_pid(self.runtime.init_pid)
+        if freezer is None:
+            return True
+        try:
+            if freezer.state() == "THAWED":
+                return True
+        except OSError:
+            return False
+        return freezer.thaw()
+
+    async def _pre_dump(self) -> bool:
+        """Copy the memory while the app runs; the final dump then writes only changed pages."""
+        result = await self.runtime.runc(
+            "checkpoint", "--pre-dump", "--image-path", str(self.paths.pre),
+            "--work-path", str(self.paths.pre_work), *self._common_flags(), self.container.id,
+            timeout_s=self.settings.timeout_s)
+        if result.returncode != 0:
+            log.warning("pre-dump failed, dumping in one step",
+                        extra={"container": self.container.id, "error": result.error,
+                               "log_tail": log_tail(self.paths.pre_work / "dump.log")})
+            return False
+        return True
+
+    async def checkpoint(self) -> Outcome:
+        start = time.monotonic()
+        cid = self.container.id
+        pid = self.runtime.init_pid
+        await asyncio.to_thread(self.paths.prepare_checkpoint, pre_dump=self.pre_dump)
+        parent = self.pre_dump and await self._pre_dump()
+        frozen = await self._freeze(pid)
+        args = ["checkpoint", "--image-path", str(self.paths.snapshot),
+                "--work-path", str(self.paths.work), *self._common_flags()]
+        if parent:
+            args += ["--parent-path", self.paths.parent_link]
+        dumped_start = _process_start(pid)
+        result = await self.runtime.runc(*args, cid, timeout_s=self.settings.timeout_s)
+        duration = time.monotonic() - start
+        if result.returncode != 0:
+            return await self._checkpoint_failed(result.error, frozen, pid, duration)
+        self._dumped = (pid, dumped_start)
+        stats = read_stats([self.paths.work / "stats-dump", self.paths.snapshot / "stats-dump"])
+        stats["prefreeze_us"] = round(frozen.seconds * 1e6)
+        outcome = Outcome(ok=True, duration_s=duration, image_bytes=tree_size(self.paths.snapshot),
+                          stats=stats)
+        log.info("checkpointed", extra={
+            "container": cid, "pid": pid, "duration_ms": round(duration * 1e3, 1),
+            "image_bytes": outcome.image_bytes, "freeze": frozen.method,
+            "pre_dump": parent, "frozen_time_us": stats.get("frozen_time"),
+            "pages_written": stats.get("pages_written")})
+        return outcome
+
+    async def _checkpoint_failed(self, error: str, frozen: _Frozen, pid: int,
+                                 duration: float) -> Outcome:
+        thawed = await self._thaw(frozen)
+        running = _process_state(pid) not in (None, "Z", "X")
+        tail = log_tail(self.paths.work / "dump.log", TAIL_LINES)
+        # A partial image is useless and still holds process memory; the logs stay.
+        await asyncio.to_thread(self.paths.remove_images)
+        message = error or "runc checkpoint failed"
+        if not (thawed and running):
+            message += (f" (after the failed dump the container is "
+                        f"{'not running' if not running else 'still frozen'})")
+        log.warning("checkpoint failed, the container keeps running" if thawed and running
+                    else "checkpoint failed and the container did not come back",
+                    extra={"container": self.container.id, "error": error,
+                           "log_tail": tail, "thawed": thawed, "running": running})
+        return Outcome(ok=False, duration_s=duration, error=message, log_tail=tail)
+
+    # --- restore ------------------------------------------------------------------------
+
+    async def _wait_dumped_reaped(self) -> None:
+        """Give the shim's reaper a moment to collect the dumped init (see module doc)."""
+        if self._dumped is None:
+            return
+        pid, started = self._dumped
+        deadline = time.monotonic() + REAP_WAIT_S
+        while started is not None and _process_start(pid) == started:
+            if time.monotonic() > deadline:
+                log.warning("the dumped process was not reaped; the restore may fail",
+                            extra={"container": self.container.id, "pid": pid})
+                return
+            await asyncio.sleep(0.001)
+        self._dumped = None
+
+    async def restore(self) -> RestoredProcess:
+        start = time.monotonic()
+        cid = self.container.id
+        if not self.paths.has_image():
+            raise CriuRestoreError(f"no checkpoint image of {cid} in {self.paths.snapshot}")
+        await self._wait_dumped_reaped()
+        self.paths.pid_file.unlink(missing_ok=True)
+        stdio = self.runtime.new_stdio()
+        try:
+            result = await self.runtime.runc(
+                "restore", "--detach", "--image-path", str(self.paths.snapshot),
+                "--work-path", str(self.paths.work), "--bundle", str(self.runtime.bundle),
+                "--pid-file", str(self.paths.pid_file), *self._common_flags(), cid,
+                stdio=stdio, timeout_s=self.settings.timeout_s)
+        finally:
+            stdio.close()
+        if result.returncode != 0:
+            tail = log_tail(self.paths.work / "restore.log", TAIL_LINES)
+            log.warning("restore failed, images kept", extra={
+                "container": cid, "error": result.error, "log_tail": tail,
+                "images": str(self.paths.snapshot)})
+            raise CriuRestoreError(
+                f"runc restore of {cid} failed: {result.error or 'no error logged'}\n"
+                f"last {TAIL_LINES} lines of {self.paths.work / 'restore.log'}:\n{tail}",
+                runc_error=result.error, log_tail=tail)
+        pid = int(self.paths.pid_file.read_text().strip())
+        duration = time.monotonic() - start
+        stats = read_stats([self.paths.work / "stats-restore",
+                            self.paths.snapshot / "stats-restore"])
+        await asyncio.to_thread(self.paths.remove_images)
+        log.info("restored", extra={"container": cid, "pid": pid,
+                                    "duration_ms": round(duration * 1e3, 1),
+                                    "restore_time_us": stats.get("restore_time")})
+        return RestoredProcess(pid, Outcome(ok=True, duration_s=duration, stats=stats))
+
+    async def discard(self) -> None:
+        self._dumped = None
+        await asyncio.to_thread(self.paths.remove_all)
+
+
+def remove_container_images(image_root: Path, container_id: str) -> None:
+    """Remove everything kept for ``container_id`` (the container was deleted)."""
+    with contextlib.suppress(ValueError):
+        ImagePaths(image_root, container_id).remove_all()
+

@@ -1,0 +1,227 @@
+"""Scale to zero and back through real containerd, runc, CRIU and kernel eBPF.
+
+Every test runs the Python counter app (or busybox httpd) under io.containerd.zeropod.v2 with
+``scaledown-duration: 1s`` in a pod namespace and talks to it from a client namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from zeropod_core.lab.containerd import ZEROPOD_RUNTIME, LabContainer, PrivateContainerd
+from zeropod_core.lab.http import HttpResponse, http_get, wait_for_http
+from zeropod_core.lab.netns import PodNetwork, socket_in
+from zeropod_core.lab.pytest_plugin import LabImages
+
+pytestmark = pytest.mark.containerd
+
+FAST = {"zeropod.ctrox.dev/scaledown-duration": "1s"}
+
+
+def _criu_installed() -> bool:
+    out = subprocess.run([os.path.join(os.path.dirname(sys.executable), "zeropod"),
+                          "plugins", "--role", "shim"], capture_output=True, text=True).stdout
+    return '"name": "criu"' in out and '"status": "loaded"' in out.split('"name": "criu"')[1][:600]
+
+
+needs_criu = pytest.mark.skipif(not _criu_installed(), reason="the criu plugin is not installed")
+
+
+def _wait_gone(pid: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists():
+        assert time.monotonic() < deadline, f"process {pid} still runs after {timeout} s"
+        time.sleep(0.02)
+
+
+def _pod_pids(net: PodNetwork) -> list[int]:
+    """Processes in the pod's network namespace: the app, when it runs (containerd keeps
+    reporting the first PID; a restored app has a new host PID)."""
+    out = subprocess.run(["ip", "netns", "pids", net.pod], capture_output=True, text=True)
+    return [int(pid) for pid in out.stdout.split()]
+
+
+def _wait_asleep(net: PodNetwork, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while _pod_pids(net):
+        assert time.monotonic() < deadline, f"the app still runs after {timeout} s"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def counter(lab_images: LabImages, pod_network: PodNetwork,
+            run_container: Callable[..., LabContainer]) -> Callable[..., LabContainer]:
+    def start(annotations: dict[str, str] | None = None, **env: str) -> LabContainer:
+        container = run_container(lab_images.counter, runtime=ZEROPOD_RUNTIME,
+                                  annotations={**FAST, **(annotations or {})}, env=env)
+        wait_for_http(pod_network.client_path, pod_network.pod_ip, 8080, deadline_s=20)
+        return container
+    return start
+
+
+def _get(net: PodNetwork, path: str = "/", *, v6: bool = False,
+         timeout: float = 10.0) -> HttpResponse:
+    return http_get(net.client_path, net.pod_ip6 if v6 else net.pod_ip, 8080, path,
+                    timeout=timeout)
+
+
+def _count(net: PodNetwork, *, v6: bool = False) -> int:
+    return int(_get(net, v6=v6).json()["count"])
+
+
+@needs_criu
+def test_idle_container_is_checkpointed_and_woken_with_its_state(
+    counter: Callable[..., LabContainer], pod_network: PodNetwork,
+    lab_containerd: PrivateContainerd
+) -> None:
+    container = counter()
+    before = _count(pod_network)
+    pid = container.task_pid()
+    _wait_gone(pid)
+    snapshot = lab_containerd.image_root / container.id / "snapshot"
+    assert snapshot.is_dir() and any(snapshot.iterdir())
+    assert stat.S_IMODE((lab_containerd.image_root / container.id).stat().st_mode) == 0o700
+    assert container.status() == "RUNNING"  # containerd still sees it running
+    assert _count(pod_network) == before + 1  # the state survived the checkpoint
+    assert not snapshot.exists() or not any(snapshot.iterdir())  # images gone after restore
+
+
+@needs_criu
+def test_repeated_cycles_keep_counting(
+    counter: Callable[..., LabContainer], pod_network: PodNetwork
+) -> None:
+    counter()
+    count = _count(pod_network)
+    for _ in range(3):
+        _wait_asleep(pod_network)
+        count += 1
+        assert _count(pod_network) == count
+
+
+def test_fifty_concurrent_first_connections_all_get_answers(
+    counter: Callable[..., LabContainer], pod_network: PodNetwork
+) -> None:
+    container = counter()
+    _wait_gone(container.task_pid())
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        responses = list(pool.map(lambda _: _get(pod_network, timeout=20), range(50)))
+    assert all(r.status == 200 and b"count" in r.body for r in responses)
+    counts = sorted(int(r.json()["count"]) for r in responses)
+    assert len(set(counts)) == 50  # every request reached the app once
+
+
+@needs_criu
+def test_connection_during_the_checkpoint_is_served(
+    counter: Callable[..., LabContainer], pod_network: PodNetwork,
+    lab_containerd: PrivateContainerd
+) -> None:
+    container = counter(APP_ALLOC_MIB="100")  # a dump of ~100 MiB takes a while
+    images = lab_containerd.image_root / container.id
+    deadline = time.monotonic() + 15
+    while not (images / "work").exists():  # the checkpoint has started
+        assert time.monotonic() < deadline, "no checkpoint started"
+        time.sleep(0.001)
+    response = _get(pod_network, timeout=20)
+    assert response.status == 200 and response.json()["count"] >= 2
+
+
+@needs_criu
+def test_exec_on_a_sleeping_container_wakes_it(
+    counter: Callable[..., LabContainer], pod_network: PodNetwork,
+    lab_containerd: PrivateContainerd
+) -> None:
+    container = counter()
+    before = _count(pod_network)
+    _wait_gone(container.task_pid())
+    proc = lab_containerd.ctr("task", "exec", "--exec-id", "wake", container.id,
+                              "/usr/bin/python3", "-c", "print('exec-ok')", check=False)
+    assert (proc.returncode, proc.stdout) == (0, "exec-ok\n")
+    assert _count(pod_network) == before + 1
+
+
+def test_kill_and_delete_while_sleeping(
+    counter: Callable[..., LabContainer], lab_containerd: PrivateContainerd
+) -> None:
+    container = counter()
+    _wait_gone(container.task_pid())
+    lab_containerd.ctr("task", "kill", "-s", "SIGKILL", container.id)
+    deadline = time.monotonic() + 10
+    while container.status() != "STOPPED":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    lab_containerd.ctr("task", "delete", container.id)
+    lab_containerd.ctr("container", "delete", container.id)
+    assert not (lab_containerd.image_root / container.id / "snapshot").exists()
+
+
+def test_probes_do_not_wake_a_sleeping_container(
+    counter: Callable[..., LabContainer], pod_network: PodNetwork
+) -> None:
+    container = counter()
+    _wait_gone(container.task_pid())
+    tcp_probe = socket_in(pod_network.client_path)
+    tcp_probe.settimeout(5)
+    tcp_probe.connect((pod_network.pod_ip, 8080))
+    tcp_probe.close()
+    probe = http_get(pod_network.client_path, pod_network.pod_ip, 8080, "/healthz",
+                     headers={"User-Agent": "kube-probe/1.31"})
+    assert probe.status == 200 and probe.body == b""
+    time.sleep(0.5)
+    assert _pod_pids(pod_network) == []  # still asleep
+
+
+def test_activity_keeps_a_busy_container_awake(
+    counter: Callable[..., LabContainer], pod_network: PodNetwork
+) -> None:
+    container = counter()
+    pid = container.task_pid()
+    for _ in range(15):  # a request every 200 ms for 3 s with a 1 s scale-down duration
+        assert _get(pod_network).status == 200
+        time.sleep(0.2)
+    assert Path(f"/proc/{pid}").exists()  # never checkpointed: the same process
+
+
+@needs_criu
+def test_ipv6_client_wakes_the_container(
+    counter: Callable[..., LabContainer], pod_network: PodNetwork
+) -> None:
+    container = counter()
+    before = _count(pod_network, v6=True)
+    _wait_gone(container.task_pid())
+    assert _count(pod_network, v6=True) == before + 1
+
+
+@needs_criu
+def test_wake_with_checksum_offload_off(
+    counter: Callable[..., LabContainer], pod_network: PodNetwork
+) -> None:
+    pod_network.set_tx_checksum_offload(False)
+    container = counter()
+    before = _count(pod_network)
+    _wait_gone(container.task_pid())
+    assert _count(pod_network) == before + 1
+
+
+def test_bad_annotation_fails_creation_with_a_clear_error(
+    lab_containerd: PrivateContainerd, lab_images: LabImages, pod_network: PodNetwork
+) -> None:
+    args = lab_containerd.run_args(
+        lab_images.busybox, "bad-annotation", runtime=ZEROPOD_RUNTIME,
+        netns=pod_network.pod_path,
+        annotations={"zeropod.ctrox.dev/scaledown-duration": "soon"})
+    try:
+        proc = lab_containerd.ctr(*args, check=False)
+        assert proc.returncode != 0
+        assert "zeropod.ctrox.dev/scaledown-duration" in proc.stderr
+        assert "'soon'" in proc.stderr
+    finally:
+        LabContainer(lab_containerd, "bad-annotation", ZEROPOD_RUNTIME).remove()
