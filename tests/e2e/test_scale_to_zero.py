@@ -6,6 +6,7 @@ Every test runs the Python counter app (or busybox httpd) under io.containerd.ze
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -27,13 +28,14 @@ pytestmark = pytest.mark.containerd
 FAST = {"zeropod.ctrox.dev/scaledown-duration": "1s"}
 
 
-def _criu_installed() -> bool:
+def test_the_criu_plugin_is_loaded() -> None:
+    """The tests below rely on real checkpoints: the criu plugin must load (not be skipped)."""
     out = subprocess.run([os.path.join(os.path.dirname(sys.executable), "zeropod"),
-                          "plugins", "--role", "shim"], capture_output=True, text=True).stdout
-    return '"name": "criu"' in out and '"status": "loaded"' in out.split('"name": "criu"')[1][:600]
-
-
-needs_criu = pytest.mark.skipif(not _criu_installed(), reason="the criu plugin is not installed")
+                          "plugins", "--role", "shim"], capture_output=True, text=True,
+                         check=True).stdout
+    rows = {row["name"]: row for row in json.loads(out)}
+    assert rows["criu"]["status"] == "loaded", rows.get("criu")
+    assert rows["ebpf_redirect"]["status"] == "loaded", rows.get("ebpf_redirect")
 
 
 def _wait_gone(pid: int, timeout: float = 15.0) -> None:
@@ -78,7 +80,6 @@ def _count(net: PodNetwork, *, v6: bool = False) -> int:
     return int(_get(net, v6=v6).json()["count"])
 
 
-@needs_criu
 def test_idle_container_is_checkpointed_and_woken_with_its_state(
     counter: Callable[..., LabContainer], pod_network: PodNetwork,
     lab_containerd: PrivateContainerd
@@ -95,7 +96,6 @@ def test_idle_container_is_checkpointed_and_woken_with_its_state(
     assert not snapshot.exists() or not any(snapshot.iterdir())  # images gone after restore
 
 
-@needs_criu
 def test_repeated_cycles_keep_counting(
     counter: Callable[..., LabContainer], pod_network: PodNetwork
 ) -> None:
@@ -119,7 +119,6 @@ def test_fifty_concurrent_first_connections_all_get_answers(
     assert len(set(counts)) == 50  # every request reached the app once
 
 
-@needs_criu
 def test_connection_during_the_checkpoint_is_served(
     counter: Callable[..., LabContainer], pod_network: PodNetwork,
     lab_containerd: PrivateContainerd
@@ -134,7 +133,6 @@ def test_connection_during_the_checkpoint_is_served(
     assert response.status == 200 and response.json()["count"] >= 2
 
 
-@needs_criu
 def test_exec_on_a_sleeping_container_wakes_it(
     counter: Callable[..., LabContainer], pod_network: PodNetwork,
     lab_containerd: PrivateContainerd
@@ -190,7 +188,6 @@ def test_activity_keeps_a_busy_container_awake(
     assert Path(f"/proc/{pid}").exists()  # never checkpointed: the same process
 
 
-@needs_criu
 def test_ipv6_client_wakes_the_container(
     counter: Callable[..., LabContainer], pod_network: PodNetwork
 ) -> None:
@@ -200,7 +197,6 @@ def test_ipv6_client_wakes_the_container(
     assert _count(pod_network, v6=True) == before + 1
 
 
-@needs_criu
 def test_wake_with_checksum_offload_off(
     counter: Callable[..., LabContainer], pod_network: PodNetwork
 ) -> None:
