@@ -68,6 +68,9 @@ class Activator:
         self.proxied = 0
         self.probes_answered = 0
         self._pending = asyncio.Semaphore(PENDING_LIMIT)
+        # local ports of our own connections to the app: if one of them reaches us (the
+        # redirect came back on meanwhile), it must not wake the container a second time
+        self._own_ports: set[int] = set()
 
     async def start(self) -> None:
         """Listen on every activator port (dual-stack) inside the pod's namespace."""
@@ -127,6 +130,11 @@ class Activator:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                       app_port: int) -> None:
         peer = writer.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) > 1 and peer[1] in self._own_ports:
+            log.warning("the activator reached itself (the redirect is on again); dropping",
+                        extra={"peer": str(peer)})
+            writer.close()
+            return
         try:
             peek, closed = await self._peek(reader)
             # A client that connected and closed without a word is a TCP probe; one that is
@@ -172,11 +180,15 @@ class Activator:
         while True:
             sock = socket_in(self.netns_path, family)
             sock.setblocking(False)
+            sock.bind((host, 0))
+            own_port = sock.getsockname()[1]
+            self._own_ports.add(own_port)
             try:
                 await loop.sock_connect(sock, (host, app_port))
                 return sock
             except OSError as exc:
                 sock.close()
+                self._own_ports.discard(own_port)
                 if exc.errno != errno.ECONNREFUSED or time.monotonic() >= deadline:
                     raise OSError(exc.errno, f"connecting to the app on {host}:{app_port} "
                                              f"failed: {exc.strerror}") from exc
@@ -184,6 +196,7 @@ class Activator:
 
     async def _proxy(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      upstream_sock: socket.socket, first: bytes, slot: _Slot) -> None:
+        own_port = upstream_sock.getsockname()[1]
         up_reader, up_writer = await asyncio.open_connection(sock=upstream_sock)
         hold = asyncio.get_running_loop().call_later(PENDING_HOLD_S, slot.release)
         try:
@@ -201,6 +214,7 @@ class Activator:
                 await copy
         finally:
             hold.cancel()
+            self._own_ports.discard(own_port)
             up_writer.close()
             with contextlib.suppress(OSError):
                 await up_writer.wait_closed()

@@ -173,7 +173,8 @@ class Scaler:
         while True:
             await asyncio.sleep(delay)
             idle = self.idle_for()
-            if self.running_execs or idle < self.settings.scaledown_s:
+            busy = self.running_execs or (self.activator and self.activator.active_connections)
+            if busy or idle < self.settings.scaledown_s:
                 delay = max(self.settings.scaledown_s - idle, 0.05)
                 continue
             self._timer = None
