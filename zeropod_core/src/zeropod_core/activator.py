@@ -135,8 +135,10 @@ class Activator:
                         extra={"peer": str(peer)})
             writer.close()
             return
+        accepted = time.monotonic()
         try:
             peek, closed = await self._peek(reader)
+            peeked = time.monotonic()
             # A client that connected and closed without a word is a TCP probe; one that is
             # still waiting quietly may be waiting for the server to speak: that wakes.
             if self.settings.probe_detection and (peek or closed) and \
@@ -154,11 +156,16 @@ class Activator:
                 log.info("client closed before sending anything", extra={"peer": str(peer)})
                 return  # nothing to forward and nobody to answer
             await self._restore()
+            restored = time.monotonic()
             await self._pending.acquire()
             slot = _Slot(self._pending)
             try:
                 upstream = await self._connect(app_port, ipv6=_is_ipv6(peer))
                 self.proxied += 1
+                log.debug("proxying a waking connection", extra={
+                    "peer": str(peer), "peek_ms": round((peeked - accepted) * 1e3, 2),
+                    "restore_wait_ms": round((restored - peeked) * 1e3, 2),
+                    "connect_ms": round((time.monotonic() - restored) * 1e3, 2)})
                 await self._proxy(reader, writer, upstream, peek, slot)
             finally:
                 slot.release()

@@ -1,8 +1,9 @@
 """OOM notifications for a container (cgroup v1 memory controller, as on these machines).
 
 The kernel signals an eventfd registered through ``cgroup.event_control`` on every OOM in the
-cgroup, and also when the cgroup is removed; the ``oom_kill`` counter in ``memory.oom_control``
-tells the two apart, so only real OOM kills reach containerd as ``TaskOOM``.
+cgroup, and also when the cgroup is removed; an event while the cgroup still exists is an OOM
+(as containerd decides). The ``oom_kill`` counter cannot tell them apart: the notification
+comes before the kill is counted.
 """
 
 from __future__ import annotations
@@ -31,25 +32,12 @@ def memory_cgroup(pid: int) -> str | None:
     return None
 
 
-def _oom_kills(folder: str) -> int:
-    try:
-        with open(os.path.join(folder, "memory.oom_control")) as control:
-            for line in control:
-                key, _, value = line.partition(" ")
-                if key == "oom_kill":
-                    return int(value)
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
 class OomWatcher:
     """Calls ``on_oom`` whenever the kernel OOM-kills a process in the container's cgroup."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, folder: str,
                  on_oom: Callable[[], None]) -> None:
         self._loop, self._folder, self._on_oom = loop, folder, on_oom
-        self._kills = _oom_kills(folder)
         self._efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         control = os.open(os.path.join(folder, "memory.oom_control"), os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -74,12 +62,10 @@ class OomWatcher:
     def _on_event(self) -> None:
         with contextlib.suppress(BlockingIOError):
             os.eventfd_read(self._efd)
-        kills = _oom_kills(self._folder)
-        if kills > self._kills:
-            self._kills = kills
-            self._on_oom()
-        elif not os.path.isdir(self._folder):
-            self.close()
+        if not os.path.isdir(self._folder):
+            self.close()  # the cgroup was removed
+            return
+        self._on_oom()
 
     def close(self) -> None:
         if self._efd >= 0:

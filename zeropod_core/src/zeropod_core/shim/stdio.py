@@ -18,10 +18,8 @@ import errno
 import fcntl
 import logging
 import os
-import shutil
 import socket
 import struct
-import tempfile
 import termios
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -168,6 +166,8 @@ class ProcessIO:
     @classmethod
     def console(cls, paths: StdioPaths) -> ProcessIO:
         """A console socket runc sends the pty master to (``--console-socket``)."""
+        import tempfile  # only terminals need it; keeps it out of most shims
+
         directory = tempfile.mkdtemp(prefix="zeropod-pty")
         path = os.path.join(directory, "pty.sock")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -196,7 +196,9 @@ class ProcessIO:
             self._console_listener.close()
             self._console_listener = None
         if self._console_dir is not None:
-            shutil.rmtree(self._console_dir, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self._console_dir, "pty.sock"))
+                os.rmdir(self._console_dir)
             self._console_dir = None
 
     def close_child_ends(self) -> None:
