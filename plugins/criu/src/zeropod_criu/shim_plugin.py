@@ -12,8 +12,10 @@ Unavailable (not an error for the shim) when there is no ``criu`` on PATH.
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from zeropod_core import hookimpl
@@ -81,7 +83,10 @@ def zeropod_configure(settings: Mapping[str, str]) -> None:
         _settings = CriuSettings.from_mapping(settings)
     except ValueError as exc:
         log.error("invalid criu plugin settings, using the defaults", extra={"error": str(exc)})
-        _settings = CriuSettings()
+        root = settings.get("ZEROPOD_IMAGE_ROOT", "").strip()
+        # the image root is kept when it is valid: images never land in an unexpected place
+        _settings = CriuSettings(image_root=Path(root)) if os.path.isabs(root) else \
+            CriuSettings()
     try:
         write_config(_settings.criu_config, criu_config(_settings))
     except OSError as exc:
