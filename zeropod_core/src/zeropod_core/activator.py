@@ -67,6 +67,7 @@ class Activator:
         self._connections: set[asyncio.Task[None]] = set()
         self.proxied = 0
         self.probes_answered = 0
+        self.last_wake_s = 0.0  # accept -> first answer byte of the last connection that woke
         self._pending = asyncio.Semaphore(PENDING_LIMIT)
         # local ports of our own connections to the app: if one of them reaches us (the
         # redirect came back on meanwhile), it must not wake the container a second time
@@ -157,6 +158,7 @@ class Activator:
                 return  # nothing to forward and nobody to answer
             await self._restore()
             restored = time.monotonic()
+            waited = restored - peeked > 0.001  # this connection waited for a restore
             await self._pending.acquire()
             slot = _Slot(self._pending)
             try:
@@ -166,7 +168,8 @@ class Activator:
                     "peer": str(peer), "peek_ms": round((peeked - accepted) * 1e3, 2),
                     "restore_wait_ms": round((restored - peeked) * 1e3, 2),
                     "connect_ms": round((time.monotonic() - restored) * 1e3, 2)})
-                await self._proxy(reader, writer, upstream, peek, slot)
+                await self._proxy(reader, writer, upstream, peek, slot,
+                                  accepted if waited else None)
             finally:
                 slot.release()
         except (OSError, asyncio.IncompleteReadError) as exc:
@@ -202,15 +205,21 @@ class Activator:
             await asyncio.sleep(_RETRY_S)
 
     async def _proxy(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     upstream_sock: socket.socket, first: bytes, slot: _Slot) -> None:
+                     upstream_sock: socket.socket, first: bytes, slot: _Slot,
+                     accepted: float | None) -> None:
         own_port = upstream_sock.getsockname()[1]
         up_reader, up_writer = await asyncio.open_connection(sock=upstream_sock)
         hold = asyncio.get_running_loop().call_later(PENDING_HOLD_S, slot.release)
         try:
             if first:
                 up_writer.write(first)
+            def first_answer() -> None:
+                slot.release()
+                if accepted is not None:
+                    self.last_wake_s = time.monotonic() - accepted
+
             copy = asyncio.gather(_pipe(reader, up_writer),
-                                  _pipe(up_reader, writer, on_data=slot.release))
+                                  _pipe(up_reader, writer, on_data=first_answer))
             if self.settings.proxy_timeout_s > 0:
                 try:
                     await asyncio.wait_for(copy, self.settings.proxy_timeout_s)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -30,6 +31,12 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .status import show_status
+
+    return show_status(args.manager, as_json=args.json)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .lab.demo import run_demo
 
@@ -44,6 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.add_argument("--role", choices=["all", *[r.value for r in RoleName]], default="all")
     plugins.add_argument("--hook", help="only plugins implementing this hook")
     plugins.set_defaults(func=_cmd_plugins)
+
+    status = sub.add_parser("status", help="containers, phases and wake latencies from the "
+                                           "node's zeropod-manager")
+    status.add_argument("--manager", default=os.environ.get("ZEROPOD_MANAGER_ADDR",
+                                                            "127.0.0.1:8080"),
+                        help="the manager's host:port (default: $ZEROPOD_MANAGER_ADDR or "
+                             "127.0.0.1:8080)")
+    status.add_argument("--json", action="store_true", help="print the manager's JSON")
+    status.set_defaults(func=_cmd_status)
 
     demo = sub.add_parser("demo", help="run the embedded default: a private containerd and an app")
     demo.add_argument("--keep", action="store_true", help="leave everything running (debugging)")

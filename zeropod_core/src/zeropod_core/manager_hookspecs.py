@@ -18,7 +18,7 @@ from . import PROJECT_NAME
 
 if TYPE_CHECKING:
     from .model import ContainerInfo, ContainerStatus
-    from .providers import CollectorRegistryLike, MigrationService
+    from .providers import CollectorRegistryLike, MigrationService, NodeView
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
@@ -40,10 +40,14 @@ def zeropod_node_capabilities() -> Mapping[str, object]:
 
 
 @hookspec
-def zeropod_register_collectors(registry: CollectorRegistryLike) -> None:
+def zeropod_register_collectors(registry: CollectorRegistryLike, node: NodeView) -> None:
     """Register Prometheus collectors that the manager's ``/metrics`` serves.
 
+    Called once at startup. Before each scrape the manager refreshes ``node`` from every
+    shim, so a collector reads ``node.containers()`` when it is collected.
+
     :param registry: the manager's collector registry.
+    :param node: the manager's view of the node's containers.
     """
 
 

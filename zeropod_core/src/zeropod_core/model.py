@@ -101,14 +101,44 @@ class ContainerStatus:
 
 @dataclass(frozen=True)
 class Metric:
-    """One sample a shim-side plugin reports for a container.
+    """One sample a shim-side plugin reports for a container (cumulative since the shim
+    started, so that repeated scrapes neither lose nor double-count events).
 
     :ivar name: metric name (``zeropod_`` prefix).
-    :ivar kind: ``counter``, ``gauge`` or ``histogram_observation``.
-    :ivar value: the value or the observation.
+    :ivar kind: ``counter``, ``gauge`` or ``histogram``.
+    :ivar value: the value; for a histogram the sum of all observations.
+    :ivar buckets: histogram only: (upper bound, cumulative count) pairs, without +Inf.
+    :ivar count: histogram only: the number of observations.
     """
 
     name: str
     kind: str
     value: float
     labels: Mapping[str, str] = field(default_factory=dict)
+    buckets: tuple[tuple[float, int], ...] = ()
+    count: int = 0
+
+
+@dataclass(frozen=True)
+class ManagedContainer:
+    """What the node manager knows of one scale-to-zero container (a snapshot).
+
+    :ivar shim: the node API socket of the shim that runs it.
+    :ivar phase: ``RUNNING``, ``SCALED_DOWN``, ``STOPPING``, ``CHECKPOINT_FAILED`` or
+        ``RESTORE_FAILED`` (upstream's ContainerPhase names).
+    :ivar since: ``time.time()`` of the last phase change the manager saw.
+    :ivar samples: the cumulative metrics the shim's plugins reported at the last refresh.
+    """
+
+    id: str
+    name: str
+    pod: str
+    namespace: str
+    shim: str
+    phase: str
+    since: float
+    last_checkpoint_s: float | None = None
+    last_restore_s: float | None = None
+    last_wake_s: float | None = None
+    image_bytes: int = 0
+    samples: tuple[Metric, ...] = ()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from .model import ContainerInfo, Outcome
+from .model import ContainerInfo, ManagedContainer, Outcome
 
 
 @dataclass(frozen=True)
@@ -155,6 +155,14 @@ class Migrator(Protocol):
 
     async def receive(self, *, image_dir: Path, source: str) -> Outcome:
         """Fetch a checkpoint image from ``source`` into ``image_dir``."""
+        ...
+
+
+class NodeView(Protocol):
+    """The manager's current view of its node, for plugins (metrics exporters, resize)."""
+
+    def containers(self) -> Sequence[ManagedContainer]:
+        """Every container of every shim the manager is connected to."""
         ...
 
 

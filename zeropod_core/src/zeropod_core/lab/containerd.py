@@ -115,6 +115,11 @@ class PrivateContainerd:
         return self.base / "runc"
 
     @property
+    def node_socket_dir(self) -> Path:
+        """Where the shims' node API sockets appear (``ZEROPOD_SOCKET_DIR``)."""
+        return Path(self.env["ZEROPOD_SOCKET_DIR"])
+
+    @property
     def image_root(self) -> Path:
         """Where zeropod's shims keep checkpoint images (``ZEROPOD_IMAGE_ROOT``)."""
         return Path(self.env["ZEROPOD_IMAGE_ROOT"])
@@ -131,7 +136,8 @@ class PrivateContainerd:
         """
         # The shims inherit containerd's environment: keep their state inside the lab too.
         defaults = {"ZEROPOD_IMAGE_ROOT": str(base / "images"),
-                    "ZEROPOD_BPF_ROOT": str(base / "bpf")}
+                    "ZEROPOD_BPF_ROOT": str(base / "bpf"),
+                    "ZEROPOD_SOCKET_DIR": str(base / "zs")}
         daemon = cls(base=base, env={**defaults, **(env or {})})
         for sub in ("root", "state", "opt/bin", "fifo", "runc"):
             (base / sub).mkdir(parents=True, exist_ok=True)

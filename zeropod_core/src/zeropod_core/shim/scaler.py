@@ -96,6 +96,10 @@ class Scaler:
         self.running_execs = 0
         self.last_checkpoint: Outcome | None = None
         self.last_restore: Outcome | None = None
+        self.last_checkpoint_at = 0.0  # time.time() of the last successful checkpoint
+        self.last_restore_at = 0.0
+        self.checkpoint_errors = 0
+        self.restore_errors = 0
         self.status_listeners: list[Callable[[ContainerStatus], None]] = []
         self._baseline = time.monotonic()
         self._timer: asyncio.Task[None] | None = None
@@ -218,6 +222,7 @@ class Scaler:
             self.last_checkpoint = outcome
             self.hooks.after_checkpoint(self.container.info, outcome)
             if outcome.ok:
+                self.last_checkpoint_at = time.time()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(exited), EXIT_WAIT_S)
                 self.phase = Phase.SCALED_DOWN
@@ -227,6 +232,7 @@ class Scaler:
                 self._publish(Phase.SCALED_DOWN, outcome.duration_s)
                 return
             self._expected_exits.pop(pid, None)
+            self.checkpoint_errors += 1
             if self.redirector is not None and self.activator is not None:
                 await self.redirector.release(self.ports)
             self.phase = Phase.RUNNING
@@ -264,6 +270,7 @@ class Scaler:
                 await self.redirector.release(self.ports)
             self.phase = Phase.RUNNING
             self.last_restore = restored.outcome
+            self.last_restore_at = time.time()
             self.hooks.after_restore(self.container.info, restored.outcome)
             log.info("restored", extra={"container": self.container.id, "pid": restored.pid,
                                         "trigger": trigger.value,
@@ -273,6 +280,7 @@ class Scaler:
 
     async def _cold_start(self, error: Exception, duration_s: float) -> RestoredProcess:
         failed = Outcome(ok=False, duration_s=duration_s, error=str(error))
+        self.restore_errors += 1
         self.hooks.after_restore(self.container.info, failed)
         log.error("restore failed, cold-starting the container", extra={
             "container": self.container.id, "error": str(error)})

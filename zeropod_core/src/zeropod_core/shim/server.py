@@ -31,6 +31,7 @@ from zeropod_core.plugins import make_plugin_manager  # noqa: E402
 
 from .events import EventPublisher  # noqa: E402
 from .flags import ShimFlags  # noqa: E402
+from .node_api import NodeApi, NodeService  # noqa: E402
 from .reaper import Reaper, become_subreaper  # noqa: E402
 from .task_service import ShimConfig, TaskService  # noqa: E402
 
@@ -98,12 +99,19 @@ async def serve(flags: ShimFlags, listen_socket: socket.socket) -> int:
     server.register(TASK_SERVICE, ttrpc.service_methods(
         task.DESCRIPTOR.services_by_name["Task"], service))
     listener = await asyncio.start_unix_server(server.serve_connection, sock=listen_socket)
+    node_api = NodeApi(NodeService(lambda: service.containers, hooks), flags.socket)
+    try:
+        await node_api.start()
+    except OSError as exc:
+        log.error("node API unavailable: the manager will not see this shim",
+                  extra={"socket": node_api.path, "error": str(exc)})
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     log.info("shim serving", extra={"socket": flags.socket})
     await stop.wait()
     log.info("shim shutting down")
     await publisher.flush(timeout=5)
     listener.close()
+    await node_api.close()
     await server.shutdown(grace=1)
     await publisher.close()
     with contextlib.suppress(FileNotFoundError):

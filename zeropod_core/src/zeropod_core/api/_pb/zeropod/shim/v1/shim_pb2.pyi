@@ -73,7 +73,7 @@ class ContainerStatus(_message.Message):
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., pod_name: _Optional[str] = ..., pod_namespace: _Optional[str] = ..., phase: _Optional[_Union[ContainerPhase, str]] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., event_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., event_log: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class ContainerMetrics(_message.Message):
-    __slots__ = ("name", "pod_name", "pod_namespace", "last_checkpoint", "last_restore", "last_checkpoint_duration", "last_restore_duration", "running", "checkpoint_errors", "restore_errors", "dry_run_scale_downs", "dry_run_restores", "dry_run")
+    __slots__ = ("name", "pod_name", "pod_namespace", "last_checkpoint", "last_restore", "last_checkpoint_duration", "last_restore_duration", "running", "checkpoint_errors", "restore_errors", "dry_run_scale_downs", "dry_run_restores", "dry_run", "id", "samples", "image_bytes", "last_wake_latency")
     NAME_FIELD_NUMBER: _ClassVar[int]
     POD_NAME_FIELD_NUMBER: _ClassVar[int]
     POD_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +87,10 @@ class ContainerMetrics(_message.Message):
     DRY_RUN_SCALE_DOWNS_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_RESTORES_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LAST_WAKE_LATENCY_FIELD_NUMBER: _ClassVar[int]
     name: str
     pod_name: str
     pod_namespace: str
@@ -100,4 +104,33 @@ class ContainerMetrics(_message.Message):
     dry_run_scale_downs: int
     dry_run_restores: int
     dry_run: bool
-    def __init__(self, name: _Optional[str] = ..., pod_name: _Optional[str] = ..., pod_namespace: _Optional[str] = ..., last_checkpoint: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_restore: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_checkpoint_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., last_restore_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., running: _Optional[bool] = ..., checkpoint_errors: _Optional[int] = ..., restore_errors: _Optional[int] = ..., dry_run_scale_downs: _Optional[int] = ..., dry_run_restores: _Optional[int] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+    id: str
+    samples: _containers.RepeatedCompositeFieldContainer[Sample]
+    image_bytes: int
+    last_wake_latency: _duration_pb2.Duration
+    def __init__(self, name: _Optional[str] = ..., pod_name: _Optional[str] = ..., pod_namespace: _Optional[str] = ..., last_checkpoint: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_restore: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_checkpoint_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., last_restore_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., running: _Optional[bool] = ..., checkpoint_errors: _Optional[int] = ..., restore_errors: _Optional[int] = ..., dry_run_scale_downs: _Optional[int] = ..., dry_run_restores: _Optional[int] = ..., dry_run: _Optional[bool] = ..., id: _Optional[str] = ..., samples: _Optional[_Iterable[_Union[Sample, _Mapping]]] = ..., image_bytes: _Optional[int] = ..., last_wake_latency: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class Sample(_message.Message):
+    __slots__ = ("name", "kind", "value", "labels", "bucket_bounds", "bucket_counts", "count")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_BOUNDS_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: str
+    value: float
+    labels: _containers.ScalarMap[str, str]
+    bucket_bounds: _containers.RepeatedScalarFieldContainer[float]
+    bucket_counts: _containers.RepeatedScalarFieldContainer[int]
+    count: int
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., value: _Optional[float] = ..., labels: _Optional[_Mapping[str, str]] = ..., bucket_bounds: _Optional[_Iterable[float]] = ..., bucket_counts: _Optional[_Iterable[int]] = ..., count: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,56 @@
+"""A ``zeropod-manager`` process for the lab: started in the background, stopped by PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class LabManager:
+    """A running manager and the address of its HTTP endpoints."""
+
+    process: subprocess.Popen[bytes]
+    address: str
+    log_path: Path
+
+    @classmethod
+    def start(cls, socket_dir: Path, workdir: Path, *, debug: bool = False) -> LabManager:
+        ready = workdir / "manager.addr"
+        ready.unlink(missing_ok=True)
+        log_path = workdir / "manager.log"
+        binary = Path(sys.executable).with_name("zeropod-manager")
+        argv = [str(binary), "--socket-dir", str(socket_dir), "--listen", "127.0.0.1:0",
+                "--ready-file", str(ready), *(["--debug"] if debug else [])]
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                       start_new_session=True, env=dict(os.environ))
+        deadline = time.monotonic() + 20
+        while not ready.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError("zeropod-manager did not start: "
+                                   + log_path.read_text()[-2000:])
+            time.sleep(0.01)
+        return cls(process, ready.read_text().strip(), log_path)
+
+    def get(self, path: str, timeout: float = 10.0) -> bytes:
+        with urllib.request.urlopen(f"http://{self.address}{path}", timeout=timeout) as reply:
+            body: bytes = reply.read()
+            return body
+
+    def stop(self) -> None:
+        """SIGTERM by PID, then wait (SIGKILL after 10 s)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

@@ -1,0 +1,133 @@
+"""Entry point of ``zeropod-manager``.
+
+Structured JSON logs; plugins of group ``zeropod.manager``; stops cleanly on SIGTERM/SIGINT
+(links closed, HTTP server closed, nothing left behind). Settings (command line or
+``ZEROPOD_*`` environment): the shims' socket folder and the HTTP listen address.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+from zeropod_core import logs
+from zeropod_core.model import ContainerInfo, ContainerStatus, ManagedContainer, Phase, RoleName
+from zeropod_core.plugins import ZeropodPluginManager, make_plugin_manager
+
+from .capabilities import core_capabilities
+from .http import HttpServer, json_body
+from .node import Node
+
+log = logging.getLogger("zeropod.manager")
+
+
+class Manager:
+    """The node manager: links to shims, plugins, HTTP endpoints."""
+
+    def __init__(self, socket_dir: str, pm: ZeropodPluginManager) -> None:
+        self.pm = pm
+        self.node = Node(socket_dir, self._status_changed)
+        self.started = time.time()
+        self.capabilities: dict[str, Any] = {}
+        self.registry: Any = None
+        self.http = HttpServer({"/metrics": self._metrics, "/healthz": self._healthz,
+                                "/status": self._status})
+
+    def _status_changed(self, record: ManagedContainer) -> None:
+        info = ContainerInfo(id=record.id, bundle="", namespace="", pod_name=record.pod,
+                             pod_namespace=record.namespace, container_name=record.name)
+        status = ContainerStatus(info, Phase(record.phase), record.since)
+        for impl in reversed(self.pm.hook.zeropod_handle_status.get_hookimpls()):
+            try:
+                impl.function(status=status)
+            except Exception:
+                log.exception("plugin hook failed", extra={"hook": "zeropod_handle_status",
+                                                           "plugin": impl.plugin_name})
+        log.info("status", extra={"container": record.id, "pod": record.pod,
+                                  "phase": record.phase})
+
+    def setup(self) -> None:
+        settings = {k: v for k, v in os.environ.items() if k.startswith("ZEROPOD_")}
+        self.pm.hook.zeropod_manager_configure.call_historic(kwargs={"settings": settings})
+        self.capabilities = core_capabilities()
+        for result in self.pm.hook.zeropod_node_capabilities():
+            self.capabilities.update(result)
+        self.capabilities["plugins"] = [r.as_json() for r in self.pm.records]
+        try:
+            from prometheus_client import CollectorRegistry
+        except ImportError:
+            log.warning("prometheus_client is not installed: /metrics stays empty")
+        else:
+            self.registry = CollectorRegistry(auto_describe=False)
+            self.pm.hook.zeropod_register_collectors(registry=self.registry, node=self.node)
+        log.info("node capabilities", extra={"capabilities": self.capabilities})
+
+    async def _metrics(self) -> tuple[int, str, bytes]:
+        await self.node.refresh()
+        if self.registry is None:
+            return 200, "text/plain; version=0.0.4", b""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+
+    async def _healthz(self) -> tuple[int, str, bytes]:
+        return json_body({"ok": True, "uptime_s": round(time.time() - self.started, 1),
+                          "shims": len(self.node.links), "capabilities": self.capabilities})
+
+    async def _status(self) -> tuple[int, str, bytes]:
+        await self.node.refresh()
+        return json_body({"containers": [asdict(c) | {"samples": None}
+                                         for c in self.node.containers()]})
+
+    async def run(self, host: str, port: int, ready_file: str | None = None) -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        self.node.start()
+        address = await self.http.start(host, port)
+        log.info("manager serving", extra={"http": f"{address[0]}:{address[1]}",
+                                           "socket_dir": self.node.socket_dir})
+        if ready_file:
+            _write_atomically(ready_file, f"{address[0]}:{address[1]}\n")
+        await stop.wait()
+        log.info("manager stopping")
+        await self.http.close()
+        await self.node.close()
+        return 0
+
+
+def _write_atomically(path: str, text: str) -> None:
+    with open(path + ".tmp", "w") as out:
+        out.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="zeropod-manager", description=__doc__)
+    parser.add_argument("--socket-dir", default=os.environ.get("ZEROPOD_SOCKET_DIR",
+                                                               "/run/zeropod/s"))
+    parser.add_argument("--listen", default=os.environ.get("ZEROPOD_MANAGER_LISTEN",
+                                                           "127.0.0.1:8080"),
+                        help="host:port for /metrics, /healthz, /status (port 0: any)")
+    parser.add_argument("--ready-file", help="write the listen address here once serving")
+    parser.add_argument("--debug", action="store_true")
+    args = parser.parse_args(argv)
+    logs.set_context(component="manager", pid=os.getpid())
+    logs.configure(sys.stderr, level=logging.DEBUG if args.debug else logging.INFO)
+    host, _, port = args.listen.rpartition(":")
+    manager = Manager(args.socket_dir, make_plugin_manager(RoleName.MANAGER))
+    manager.setup()
+    return asyncio.run(manager.run(host or "127.0.0.1", int(port), args.ready_file))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
