@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from .model import ContainerInfo, ManagedContainer, Outcome
 
@@ -169,7 +169,7 @@ class NodeView(Protocol):
 class CollectorRegistryLike(Protocol):
     """The part of ``prometheus_client.CollectorRegistry`` the manager hands to plugins."""
 
-    def register(self, collector: object) -> None: ...
+    def register(self, collector: Any) -> None: ...
 
 
 @runtime_checkable
