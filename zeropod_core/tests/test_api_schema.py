@@ -135,6 +135,20 @@ FIELDS: dict[str, dict[str, int]] = {
         "dry_run_scale_downs": 11,
         "dry_run_restores": 12,
         "dry_run": 13,
+        # zeropod-python additions, clear of upstream's numbers
+        "id": 100,
+        "samples": 101,
+        "image_bytes": 102,
+        "last_wake_latency": 103,
+    },
+    "zeropod.shim.v1.Sample": {
+        "name": 1,
+        "kind": 2,
+        "value": 3,
+        "labels": 4,
+        "bucket_bounds": 5,
+        "bucket_counts": 6,
+        "count": 7,
     },
 }
 
