@@ -152,3 +152,15 @@ def test_metrics_status_and_shim_lifecycle(
 def _parent(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as stat:
         return int(stat.read().rsplit(")", 1)[1].split()[1])
+
+
+def test_healthz_reports_what_the_node_can_do(manager: LabManager) -> None:
+    health = json.loads(manager.get("/healthz"))
+    capabilities = health["capabilities"]
+    assert health["ok"] is True
+    assert capabilities["criu"]["version"].startswith("4.2")
+    assert capabilities["redirector"]["loads"] is True
+    features = capabilities["criu_features"]
+    assert isinstance(features["pre_dump"], bool)
+    assert features["pre_dump"] or "CONFIG_MEM_SOFT_DIRTY" in features["pre_dump_unavailable"]
+    assert {p["name"]: p["status"] for p in capabilities["plugins"]}["metrics"] == "loaded"
