@@ -16,14 +16,14 @@ import os
 import socket
 import sys
 import threading
-from collections.abc import Callable
-from typing import TypeVar
+
+# the one implementation of "run a function inside a namespace", re-exported here
+from zeropod_core.netns import run_in_netns as run_in_netns
 
 CLONE_NEWNET = 0x40000000
 NS_GET_NSTYPE = 0xB703  # ioctl on a namespace fd: returns its CLONE_NEW* type
 SO_NETNS_COOKIE = 71
 
-T = TypeVar("T")
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -82,30 +82,6 @@ def enter(fd: int) -> None:
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"setns(CLONE_NEWNET): {os.strerror(err)}")
-
-
-def run_in_netns(path: str | os.PathLike[str], func: Callable[[], T]) -> T:
-    """Call ``func`` in a new thread that has joined the network namespace at ``path``."""
-    result: list[T] = []
-    error: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            fd = open_netns(path)
-            try:
-                enter(fd)
-            finally:
-                os.close(fd)
-            result.append(func())
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            error.append(exc)
-
-    thread = threading.Thread(target=target, name="zeropod-netns")
-    thread.start()
-    thread.join()
-    if error:
-        raise error[0]
-    return result[0]
 
 
 def current_cookie() -> int:

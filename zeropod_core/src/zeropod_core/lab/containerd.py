@@ -231,12 +231,7 @@ class PrivateContainerd:
                     container.remove()
                 except Exception:
                     log.exception("removing container failed", extra={"id": container.id})
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            terminate(self.process)
         self._stop_shim_template()
         self._unmount_below(self.base)
         self._remove_cgroup_parent()
@@ -272,6 +267,18 @@ class PrivateContainerd:
             for directory in sorted(target.glob("**/"), key=lambda p: len(str(p)), reverse=True):
                 with contextlib.suppress(OSError):  # not empty or already gone
                     directory.rmdir()
+
+
+def terminate(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """Stop a process the lab started: SIGTERM by PID, SIGKILL if it outlives ``timeout``."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _remove_empty_tree(root: Path) -> None:
