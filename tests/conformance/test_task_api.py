@@ -177,7 +177,8 @@ def test_ps_lists_init_and_exec(
             time.sleep(0.05)
         pids = {int(row[0]) for row in rows}
         assert container.task_pid() in pids
-        assert any(len(row) > 1 and "ExecID:ps1," in row[1] for row in rows), rows
+        # ctr 1.6 prints "&ProcessDetails{ExecID:ps1,...}", newer ones "exec_id:\"ps1\""
+        assert any(len(row) > 1 and "ps1" in " ".join(row[1:]) for row in rows), rows
     finally:
         exec_proc.kill()
         exec_proc.wait()
@@ -327,3 +328,39 @@ def test_oom_kill_is_reported(
         output, _ = events.communicate(timeout=10)
     oom_lines = [line for line in output.splitlines() if "/tasks/oom" in line]
     assert any(container_id in line for line in oom_lines), output
+
+
+def test_update_resources(
+    runtime: str, lab_containerd: PrivateContainerd, lab_images: LabImages,
+    run_container: Callable[..., LabContainer]
+) -> None:
+    """Task/Update (kubelet's resize; ctr 1.6 has no command for it) sets cgroup limits."""
+    import asyncio
+    import json
+
+    from google.protobuf import any_pb2, empty_pb2
+
+    from zeropod_core import ttrpc
+    from zeropod_core.api import TASK_SERVICE, task
+
+    container = run_container(lab_images.busybox, runtime=runtime, command=LOOP)
+    _wait_status(container, "RUNNING")
+    bundle = (lab_containerd.base / "state" / "io.containerd.runtime.v2.task" /
+              lab_containerd.namespace / container.id)
+    address = (bundle / "address").read_text().removeprefix("unix://")
+    limit = 123 << 20
+    resources = any_pb2.Any(
+        type_url="types.containerd.io/opencontainers/runtime-spec/1/LinuxResources",
+        value=json.dumps({"memory": {"limit": limit}}).encode())
+
+    async def update() -> None:
+        async with await ttrpc.Client.connect(address) as client:
+            await client.call(TASK_SERVICE, "Update",
+                              task.UpdateTaskRequest(id=container.id, resources=resources),
+                              empty_pb2.Empty, timeout=10)
+
+    asyncio.run(update())
+    with open(f"/proc/{container.task_pid()}/cgroup") as lines:
+        memory = next(line.rstrip().split(":", 2)[2] for line in lines
+                      if "memory" in line.split(":")[1].split(","))
+    assert int(Path(f"/sys/fs/cgroup/memory{memory}/memory.limit_in_bytes").read_text()) == limit

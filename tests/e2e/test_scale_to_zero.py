@@ -6,6 +6,7 @@ Every test runs the Python counter app (or busybox httpd) under io.containerd.ze
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import stat
@@ -17,7 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from google.protobuf import any_pb2, empty_pb2
 
+from zeropod_core import ttrpc
+from zeropod_core.api import TASK_SERVICE, task
 from zeropod_core.lab.containerd import ZEROPOD_RUNTIME, LabContainer, PrivateContainerd
 from zeropod_core.lab.http import HttpResponse, http_get, wait_for_http
 from zeropod_core.lab.netns import PodNetwork, socket_in
@@ -221,3 +225,36 @@ def test_bad_annotation_fails_creation_with_a_clear_error(
         assert "'soon'" in proc.stderr
     finally:
         LabContainer(lab_containerd, "bad-annotation", ZEROPOD_RUNTIME).remove()
+
+
+def test_a_sleeping_container_looks_running(
+    counter: Callable[..., LabContainer], pod_network: PodNetwork,
+    lab_containerd: PrivateContainerd
+) -> None:
+    container = counter()
+    pid = container.task_pid()
+    _wait_asleep(pod_network)
+    assert container.status() == "RUNNING"
+    ps = lab_containerd.ctr("task", "ps", container.id).stdout.splitlines()[1:]
+    assert [line.split()[0] for line in ps] == [str(pid)]  # the last PID
+    metrics = lab_containerd.ctr("task", "metrics", container.id).stdout
+    values = dict(line.split(None, 1) for line in metrics.splitlines()
+                  if line and not line.startswith(("ID", "METRIC", "--")) and " " in line)
+    assert 0 < int(values["memory.usage_in_bytes"]) < 1024  # small, but not zero
+    # ctr 1.6 has no "task update": send the Task API's Update as kubelet's resize would
+    bundle = lab_containerd.base / "state" / "io.containerd.runtime.v2.task" / \
+        lab_containerd.namespace / container.id
+    address = (bundle / "address").read_text().removeprefix("unix://")
+    asyncio.run(_update_memory(address, container.id, 256 << 20))  # accepted and ignored
+    assert _pod_pids(pod_network) == []  # none of that woke it
+    assert _count(pod_network) >= 2  # and it still wakes with its state
+
+
+async def _update_memory(address: str, container_id: str, limit: int) -> None:
+    resources = any_pb2.Any(
+        type_url="types.containerd.io/opencontainers/runtime-spec/1/LinuxResources",
+        value=json.dumps({"memory": {"limit": limit}}).encode())
+    async with await ttrpc.Client.connect(address) as client:
+        await client.call(TASK_SERVICE, "Update",
+                          task.UpdateTaskRequest(id=container_id, resources=resources),
+                          empty_pb2.Empty, timeout=10)
