@@ -35,6 +35,10 @@ from .process import Container
 log = logging.getLogger("zeropod.scaler")
 
 PORT_DETECTION_LIMIT_S = 300.0
+# The one-time set-up (port detection, the eBPF loader helper: a process of ~0.3 s CPU) waits
+# this long (at most a quarter of the scale-down duration) so it does not compete with the
+# app's own start-up; activity before it is covered by the timer's start anyway.
+SETUP_DELAY_S = 1.0
 EXIT_WAIT_S = 5.0
 
 
@@ -117,6 +121,7 @@ class Scaler:
         self._setup.add_done_callback(_log_failure)
 
     async def _set_up(self) -> None:
+        await asyncio.sleep(min(SETUP_DELAY_S, self.settings.scaledown_s / 4))
         self.ports = list(self.settings.ports or await self._detect_ports())
         log.info("scale-to-zero on", extra={
             "container": self.container.id, "ports": self.ports,

@@ -122,6 +122,7 @@ async def serve(flags: ShimFlags, listen_socket: socket.socket) -> int:
 def run(flags: ShimFlags, listen_socket: socket.socket) -> int:
     """Serve on ``listen_socket`` until containerd shuts the shim down."""
     _setup_logging(Path.cwd(), flags)
+    log.debug("shim starting")
     return asyncio.run(serve(flags, listen_socket))
 
 
