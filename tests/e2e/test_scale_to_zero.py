@@ -258,3 +258,44 @@ async def _update_memory(address: str, container_id: str, limit: int) -> None:
         await client.call(TASK_SERVICE, "Update",
                           task.UpdateTaskRequest(id=container_id, resources=resources),
                           empty_pb2.Empty, timeout=10)
+
+
+def _masks(pid: int) -> dict[str, tuple[str, str]]:
+    """Masked-directory mounts of a process: mount point -> (mount options, super options)."""
+    masks = {}
+    with open(f"/proc/{pid}/mountinfo") as mounts:
+        for line in mounts:
+            fields = line.split()
+            sep = fields.index("-")
+            if fields[4] in ("/proc/acpi", "/sys/firmware", "/proc/scsi", "/proc/asound"):
+                masks[fields[4]] = (fields[5], fields[sep + 3])
+    return masks
+
+
+def test_masked_directories_stay_empty_and_read_only_across_restores(
+    counter: Callable[..., LabContainer], pod_network: PodNetwork,
+    lab_containerd: PrivateContainerd
+) -> None:
+    container = counter()
+    before = _masks(_pod_pids(pod_network)[0])
+    assert before, "runc masked no directory in this container"
+    _wait_asleep(pod_network)
+    _count(pod_network)  # wake it
+    after = _masks(_pod_pids(pod_network)[0])
+    assert set(after) == set(before)
+    for options in after.values():
+        assert "ro" in options[0].split(",") or "ro" in options[1].split(","), after
+    probe = lab_containerd.ctr(
+        "task", "exec", "--exec-id", "masks", container.id, "/usr/bin/python3", "-c",
+        "import os, sys\n"
+        f"paths = {sorted(after)!r}\n"
+        "for p in paths:\n"
+        "    assert os.listdir(p) == [], p\n"
+        "    try:\n"
+        "        open(os.path.join(p, 'x'), 'w')\n"
+        "    except OSError as e:\n"
+        "        print(p, e.strerror)\n"
+        "    else:\n"
+        "        sys.exit(p + ' is writable')\n", check=False)
+    assert probe.returncode == 0, probe.stdout + probe.stderr
+    assert probe.stdout.count("Read-only file system") == len(after)

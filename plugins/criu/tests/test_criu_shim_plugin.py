@@ -141,8 +141,9 @@ def test_configure_says_why_pre_dump_is_off(image_root: Path,
 def test_modify_spec_names_the_config(pm: ZeropodPluginManager, image_root: Path) -> None:
     spec: dict[str, Any] = {"annotations": {"other": "x"}}
     pm.hook.zeropod_modify_spec(container=_container(), spec=spec, config={})
-    assert spec["annotations"] == {"other": "x",
-                                   CRIU_CONFIG_ANNOTATION: str(image_root / "criu.conf")}
+    config_file = image_root / _container().id / "criu.conf"  # one per container
+    assert spec["annotations"] == {"other": "x", CRIU_CONFIG_ANNOTATION: str(config_file)}
+    assert "network-lock skip" in config_file.read_text()
     sandbox_spec: dict[str, Any] = {}
     pm.hook.zeropod_modify_spec(container=_container(sandbox=True), spec=sandbox_spec,
                                 config={})
@@ -151,9 +152,12 @@ def test_modify_spec_names_the_config(pm: ZeropodPluginManager, image_root: Path
 
 def test_modify_spec_rewrites_a_missing_config(pm: ZeropodPluginManager,
                                                image_root: Path) -> None:
-    (image_root / "criu.conf").unlink()
+    config_file = image_root / _container().id / "criu.conf"
     pm.hook.zeropod_modify_spec(container=_container(), spec={}, config={})
-    assert (image_root / "criu.conf").is_file()
+    config_file.unlink()
+    pm.hook.zeropod_modify_spec(container=_container(), spec={}, config={})
+    assert config_file.is_file()
+    assert oct(config_file.parent.stat().st_mode & 0o777) == "0o700"
 
 
 def test_make_checkpointer(pm: ZeropodPluginManager, image_root: Path) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -29,6 +30,8 @@ from pathlib import Path
 from zeropod_core.model import ContainerInfo, Outcome
 from zeropod_core.providers import RestoredProcess, RuntimeHandle
 
+from . import masked
+from .criuconf import CRIU_CONFIG_ANNOTATION, CriuConfig, write_config
 from .criulog import TAIL_LINES, log_tail, read_stats
 from .freezer import FreezeError, Freezer
 from .paths import ImagePaths, tree_size
@@ -99,6 +102,37 @@ class CriuCheckpointer:
             log.info("pre-dump requested but not available, dumping in one step",
                      extra={"container": container.id})
         self._dumped: tuple[int, str | None] | None = None
+        # the masked directories of the last dump, made external mounts (see .masked)
+        self._masked: list[str] = []
+        self._owns_config = (container.annotations.get(CRIU_CONFIG_ANNOTATION)
+                             == str(self.paths.criu_config))
+
+    # --- the container's CRIU configuration -----------------------------------------------
+
+    def _write_config(self, externals: tuple[str, ...] = ()) -> None:
+        if self._owns_config:
+            write_config(self.paths.criu_config,
+                         CriuConfig(network_lock=self.settings.network_lock,
+                                    externals=externals))
+
+    def _masked_dirs(self, pid: int) -> list[str]:
+        """runc's masked directories in the container, if this container uses our config."""
+        if not (self._owns_config and self.settings.masked_external):
+            return []
+        try:
+            spec = json.loads((self.runtime.bundle / "config.json").read_text())
+            dirs = masked.masked_tmpfs_dirs(pid, spec.get("linux", {}).get("maskedPaths", []))
+            if dirs:
+                masked.ensure_source(self._masked_source)
+        except (OSError, ValueError) as exc:
+            log.warning("masked directories stay tmpfs in the image",
+                        extra={"container": self.container.id, "error": str(exc)})
+            return []
+        return dirs
+
+    @property
+    def _masked_source(self) -> Path:
+        return self.settings.image_root / ".masked"
 
     # --- checkpoint ---------------------------------------------------------------------
 
@@ -169,6 +203,8 @@ class CriuCheckpointer:
         await asyncio.to_thread(self.paths.prepare_checkpoint, pre_dump=self.pre_dump)
         parent = self.pre_dump and await self._pre_dump()
         frozen = await self._freeze(pid)
+        self._masked = self._masked_dirs(pid)
+        self._write_config(masked.dump_externals(self._masked))
         args = ["checkpoint", "--image-path", str(self.paths.snapshot),
                 "--work-path", str(self.paths.work), *self._common_flags()]
         if parent:
@@ -230,6 +266,8 @@ class CriuCheckpointer:
             raise CriuRestoreError(f"no checkpoint image of {cid} in {self.paths.snapshot}")
         await self._wait_dumped_reaped()
         self.paths.pid_file.unlink(missing_ok=True)
+        if self._masked:
+            self._write_config(masked.restore_externals(self._masked, self._masked_source))
         stdio = self.runtime.new_stdio()
         try:
             result = await self.runtime.runc(
@@ -239,6 +277,8 @@ class CriuCheckpointer:
                 stdio=stdio, timeout_s=self.settings.timeout_s)
         finally:
             stdio.close()
+            if self._masked:
+                self._write_config()  # a cold start after a failure must not see them
         if result.returncode != 0:
             tail = log_tail(self.paths.work / "restore.log", TAIL_LINES)
             log.warning("restore failed, images kept", extra={

@@ -37,12 +37,15 @@ class CriuConfig:
     :ivar tcp_close: dump established TCP connections as closed instead of failing (the peer
         sees a reset after the restore, as upstream zeropod does).
     :ivar skip_in_flight: ignore connections still in the handshake (the client retries).
+    :ivar externals: ``external`` options (see :mod:`.masked`); they differ between a dump
+        and a restore, so a container's file is rewritten before each.
     """
 
     network_lock: str = "skip"
     manage_cgroups: str = "ignore"
     tcp_close: bool = True
     skip_in_flight: bool = True
+    externals: tuple[str, ...] = ()
 
     def render(self) -> str:
         lines = ["# Written by zeropod-criu; runc passes it to CRIU (OCI annotation "
@@ -53,6 +56,7 @@ class CriuConfig:
             lines.append("tcp-close")
         if self.skip_in_flight:
             lines.append("skip-in-flight")
+        lines.extend(f"external {value}" for value in self.externals)
         return "\n".join(lines) + "\n"
 
 

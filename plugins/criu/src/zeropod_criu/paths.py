@@ -78,6 +78,11 @@ class ImagePaths:
         return self.work / "pre"
 
     @property
+    def criu_config(self) -> Path:
+        """This container's CRIU configuration file (named in ``org.criu.config``)."""
+        return self.base / "criu.conf"
+
+    @property
     def pid_file(self) -> Path:
         return self.base / "restore.pid"
 

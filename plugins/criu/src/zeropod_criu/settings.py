@@ -19,6 +19,9 @@ bench) behaves the same:
   holding an flock cannot be dumped without it).
 * ``ZEROPOD_CRIU_EXT_UNIX_SK`` (``true``): ``--ext-unix-sk`` on checkpoint and restore
   (unix sockets connected to peers outside the container, e.g. a log agent).
+* ``ZEROPOD_CRIU_MASKED_EXTERNAL`` (``true``): dump runc's masked directories (empty read-only
+  tmpfs) as external mounts and bind an empty read-only tmpfs there at restore, instead of
+  CRIU's ``tar``/``gzip`` per tmpfs (~3.7 ms each per restore; see :mod:`.masked`).
 * ``ZEROPOD_CRIU_TIMEOUT`` (``120``): seconds after which a checkpoint or restore is killed
   (runc and CRIU) and counts as failed; a damaged image can make CRIU's restorer loop forever.
 
@@ -72,6 +75,7 @@ class CriuSettings:
     file_locks: bool = True
     ext_unix_sk: bool = True
     timeout_s: float = 120.0
+    masked_external: bool = True
 
     @property
     def criu_config(self) -> Path:
@@ -97,6 +101,8 @@ class CriuSettings:
             file_locks=_bool_setting(env, "ZEROPOD_CRIU_FILE_LOCKS", base.file_locks),
             ext_unix_sk=_bool_setting(env, "ZEROPOD_CRIU_EXT_UNIX_SK", base.ext_unix_sk),
             timeout_s=_positive_float(env, "ZEROPOD_CRIU_TIMEOUT", base.timeout_s),
+            masked_external=_bool_setting(env, "ZEROPOD_CRIU_MASKED_EXTERNAL",
+                                          base.masked_external),
         )
 
     @classmethod

@@ -36,6 +36,7 @@ from .criuconf import CriuConfig, name_config_in_spec, write_config
 from .features import CriuFeatures, detect_features
 from .kdat import ensure_kdat_cache
 from .node import NodeKey
+from .paths import ImagePaths, make_private_dir
 from .settings import PRE_DUMP_ANNOTATION, CriuSettings, parse_bool
 
 log = logging.getLogger("zeropod.criu.shim")
@@ -118,14 +119,16 @@ def zeropod_modify_spec(container: ContainerInfo, spec: dict[str, Any],
     if container.sandbox:
         return
     settings = current_settings()
-    if not settings.criu_config.is_file():
-        try:
-            write_config(settings.criu_config, criu_config(settings))
-        except OSError as exc:
-            log.error("cannot write the CRIU configuration; not naming it in the spec",
-                      extra={"path": str(settings.criu_config), "error": str(exc)})
-            return
-    name_config_in_spec(spec, settings.criu_config, container_id=container.id)
+    # one file per container: its dump and restore options differ (see .masked)
+    paths = ImagePaths(settings.image_root, container.id)
+    try:
+        make_private_dir(paths.base)
+        write_config(paths.criu_config, criu_config(settings))
+    except OSError as exc:
+        log.error("cannot write the CRIU configuration; not naming it in the spec",
+                  extra={"path": str(paths.criu_config), "error": str(exc)})
+        return
+    name_config_in_spec(spec, paths.criu_config, container_id=container.id)
 
 
 @hookimpl
