@@ -299,3 +299,33 @@ def test_masked_directories_stay_empty_and_read_only_across_restores(
         "        sys.exit(p + ' is writable')\n", check=False)
     assert probe.returncode == 0, probe.stdout + probe.stderr
     assert probe.stdout.count("Read-only file system") == len(after)
+
+
+def test_a_failed_checkpoint_keeps_the_app_serving_then_kill_mode(
+    lab_containerd: PrivateContainerd, lab_images: LabImages, pod_network: PodNetwork,
+    run_container: Callable[..., LabContainer], tmp_path: Path
+) -> None:
+    """CRIU refuses an established TCP connection without tcp-close (a user's own CRIU
+    configuration): the dump fails, the app keeps running with its state, and the container's
+    later scale-downs kill it instead (its next wake is a cold start)."""
+    strict = tmp_path / "criu-strict.conf"
+    strict.write_text("network-lock skip\n")
+    container = run_container(lab_images.counter, runtime=ZEROPOD_RUNTIME,
+                              annotations={**FAST, "org.criu.config": str(strict)})
+    wait_for_http(pod_network.client_path, pod_network.pod_ip, 8080, deadline_s=20)
+    held = socket_in(pod_network.client_path)  # an idle, established connection
+    held.settimeout(5)
+    held.connect((pod_network.pod_ip, 8080))
+    try:
+        log = lab_containerd.base / "containerd.log"
+        deadline = time.monotonic() + 15
+        while f'"container": "{container.id}", "error"' not in log.read_text() or \
+                "checkpoint failed" not in log.read_text():
+            assert time.monotonic() < deadline, "no failed checkpoint seen"
+            time.sleep(0.05)
+        assert _pod_pids(pod_network)  # still running
+    finally:
+        held.close()  # the single-threaded app serves one connection at a time
+    assert _count(pod_network) == 2  # same process, state intact
+    _wait_asleep(pod_network)  # the next scale-down kills
+    assert _count(pod_network) == 1  # a cold start
