@@ -20,6 +20,7 @@ from zeropod_core.lab.containerd import LabContainer, PrivateContainerd
 from zeropod_core.lab.http import http_get, wait_for_http
 from zeropod_core.lab.netns import PodNetwork
 from zeropod_core.lab.pytest_plugin import LabImages
+from zeropod_core.lab.taskapi import update_resources
 
 pytestmark = pytest.mark.containerd
 
@@ -223,9 +224,8 @@ def test_delete_leaves_nothing_behind(
 ) -> None:
     container = run_container(lab_images.busybox, runtime=runtime, command=LOOP)
     _wait_status(container, "RUNNING")
-    bundle = (lab_containerd.base / "state" / "io.containerd.runtime.v2.task" /
-              lab_containerd.namespace / container.id)
-    shim_socket = Path((bundle / "address").read_text().removeprefix("unix://"))
+    bundle = lab_containerd.bundle(container.id)
+    shim_socket = Path(lab_containerd.shim_address(container.id))
     init_pid = container.task_pid()
     assert shim_socket.exists() and _mounts_under(bundle)
     lab_containerd.ctr("task", "kill", "-s", "SIGKILL", container.id)
@@ -297,10 +297,7 @@ def test_containers_of_one_group_share_a_shim(
                            annotations=group)
     _wait_status(first, "RUNNING")
     _wait_status(second, "RUNNING")
-    bundles = lab_containerd.base / "state" / "io.containerd.runtime.v2.task" / \
-        lab_containerd.namespace
-    assert (bundles / first.id / "address").read_text() == \
-        (bundles / second.id / "address").read_text()
+    assert lab_containerd.shim_address(first.id) == lab_containerd.shim_address(second.id)
     with open(f"/proc/{first.task_pid()}/stat") as a, open(f"/proc/{second.task_pid()}/stat") as b:
         assert a.read().rsplit(")", 1)[1].split()[1] == b.read().rsplit(")", 1)[1].split()[1]
     lab_containerd.ctr("task", "kill", "-s", "SIGKILL", first.id)
@@ -335,31 +332,11 @@ def test_update_resources(
     run_container: Callable[..., LabContainer]
 ) -> None:
     """Task/Update (kubelet's resize; ctr 1.6 has no command for it) sets cgroup limits."""
-    import asyncio
-    import json
-
-    from google.protobuf import any_pb2, empty_pb2
-
-    from zeropod_core import ttrpc
-    from zeropod_core.api import TASK_SERVICE, task
-
     container = run_container(lab_images.busybox, runtime=runtime, command=LOOP)
     _wait_status(container, "RUNNING")
-    bundle = (lab_containerd.base / "state" / "io.containerd.runtime.v2.task" /
-              lab_containerd.namespace / container.id)
-    address = (bundle / "address").read_text().removeprefix("unix://")
     limit = 123 << 20
-    resources = any_pb2.Any(
-        type_url="types.containerd.io/opencontainers/runtime-spec/1/LinuxResources",
-        value=json.dumps({"memory": {"limit": limit}}).encode())
-
-    async def update() -> None:
-        async with await ttrpc.Client.connect(address) as client:
-            await client.call(TASK_SERVICE, "Update",
-                              task.UpdateTaskRequest(id=container.id, resources=resources),
-                              empty_pb2.Empty, timeout=10)
-
-    asyncio.run(update())
+    update_resources(lab_containerd.shim_address(container.id), container.id,
+                     {"memory": {"limit": limit}})
     with open(f"/proc/{container.task_pid()}/cgroup") as lines:
         memory = next(line.rstrip().split(":", 2)[2] for line in lines
                       if "memory" in line.split(":")[1].split(","))

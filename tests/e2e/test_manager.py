@@ -134,11 +134,9 @@ def test_metrics_status_and_shim_lifecycle(
                 "zeropod_restore_duration_seconds_count"] == CYCLES
 
             # killing the api pod's shim removes its series
-            bundle = lab_containerd.base / "state" / "io.containerd.runtime.v2.task" / \
-                lab_containerd.namespace / api.id
             assert http_get(second_pod.client_path, second_pod.pod_ip, 8080).status == 200
             shim_pid = _parent(_app_pids(second_pod)[0])
-            assert Path((bundle / "address").read_text().removeprefix("unix://")).exists()
+            assert Path(lab_containerd.shim_address(api.id)).exists()
             os.kill(shim_pid, signal.SIGKILL)
             deadline = time.monotonic() + 10
             while ("app2", "api") in _metrics(restarted):

@@ -6,7 +6,6 @@ Every test runs the Python counter app (or busybox httpd) under io.containerd.ze
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import stat
@@ -18,14 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from google.protobuf import any_pb2, empty_pb2
 
-from zeropod_core import ttrpc
-from zeropod_core.api import TASK_SERVICE, task
 from zeropod_core.lab.containerd import ZEROPOD_RUNTIME, LabContainer, PrivateContainerd
 from zeropod_core.lab.http import HttpResponse, http_get, wait_for_http
 from zeropod_core.lab.netns import PodNetwork, socket_in
 from zeropod_core.lab.pytest_plugin import LabImages
+from zeropod_core.lab.taskapi import update_resources
 
 pytestmark = pytest.mark.containerd
 
@@ -242,22 +239,10 @@ def test_a_sleeping_container_looks_running(
                   if line and not line.startswith(("ID", "METRIC", "--")) and " " in line)
     assert 0 < int(values["memory.usage_in_bytes"]) < 1024  # small, but not zero
     # ctr 1.6 has no "task update": send the Task API's Update as kubelet's resize would
-    bundle = lab_containerd.base / "state" / "io.containerd.runtime.v2.task" / \
-        lab_containerd.namespace / container.id
-    address = (bundle / "address").read_text().removeprefix("unix://")
-    asyncio.run(_update_memory(address, container.id, 256 << 20))  # accepted and ignored
+    update_resources(lab_containerd.shim_address(container.id), container.id,
+                     {"memory": {"limit": 256 << 20}})  # accepted and ignored
     assert _pod_pids(pod_network) == []  # none of that woke it
     assert _count(pod_network) >= 2  # and it still wakes with its state
-
-
-async def _update_memory(address: str, container_id: str, limit: int) -> None:
-    resources = any_pb2.Any(
-        type_url="types.containerd.io/opencontainers/runtime-spec/1/LinuxResources",
-        value=json.dumps({"memory": {"limit": limit}}).encode())
-    async with await ttrpc.Client.connect(address) as client:
-        await client.call(TASK_SERVICE, "Update",
-                          task.UpdateTaskRequest(id=container_id, resources=resources),
-                          empty_pb2.Empty, timeout=10)
 
 
 def _masks(pid: int) -> dict[str, tuple[str, str]]:

@@ -114,6 +114,15 @@ class PrivateContainerd:
     def runc_root(self) -> Path:
         return self.base / "runc"
 
+    def bundle(self, container_id: str) -> Path:
+        """The task's bundle folder (config.json, rootfs, the shim's ``address`` file)."""
+        return self.base / "state" / "io.containerd.runtime.v2.task" / self.namespace / \
+            container_id
+
+    def shim_address(self, container_id: str) -> str:
+        """The socket path of the shim serving ``container_id``."""
+        return (self.bundle(container_id) / "address").read_text().removeprefix("unix://")
+
     @property
     def node_socket_dir(self) -> Path:
         """Where the shims' node API sockets appear (``ZEROPOD_SOCKET_DIR``)."""
