@@ -25,7 +25,6 @@ import asyncio
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,7 +49,7 @@ from zeropod_core.lab.containerd import (  # noqa: E402
     lab_base,
 )
 from zeropod_core.lab.http import http_get, wait_for_http  # noqa: E402
-from zeropod_core.lab.netns import PodNetwork  # noqa: E402
+from zeropod_core.lab.netns import PodNetwork, parent_pid  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -80,24 +79,6 @@ class Results:
     rss_asleep_kib: list[int] = field(default_factory=list)
 
 
-def _pod_pids(net: PodNetwork) -> list[int]:
-    out = subprocess.run(["ip", "netns", "pids", net.pod], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
-
-
-def _wait_asleep(net: PodNetwork, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while _pod_pids(net):
-        if time.monotonic() > deadline:
-            raise RuntimeError("the app did not scale down")
-        time.sleep(0.01)
-
-
-def _ppid(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as stat:
-        return int(stat.read().rsplit(")", 1)[1].split()[1])
-
-
 def _rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS"))
@@ -125,9 +106,9 @@ def zeropod_cycles(workload: Workload, cycles: int, cold_cycles: int) -> Results
                                annotations={"zeropod.ctrox.dev/scaledown-duration": "1s"})
         wait_for_http(net.client_path, net.pod_ip, 8080, deadline_s=30)
         for cycle in range(cycles + 1):  # the first cycle warms caches and is not counted
-            shim = _ppid(_pod_pids(net)[0])
+            shim = parent_pid(net.pod_pids()[0])
             running_rss = _rss_kib(shim)
-            _wait_asleep(net)
+            net.wait_asleep(60.0)
             time.sleep(0.2)
             asleep_rss = _rss_kib(shim)
             woken = http_get(net.client_path, net.pod_ip, 8080, timeout=30)
@@ -149,7 +130,7 @@ def zeropod_cycles(workload: Workload, cycles: int, cold_cycles: int) -> Results
                                        "zeropod.ctrox.dev/disable-checkpointing": "true"})
         wait_for_http(net.client_path, net.pod_ip, 8080, deadline_s=30)
         for _ in range(cold_cycles):
-            _wait_asleep(net)
+            net.wait_asleep(60.0)
             results.cold_s.append(
                 http_get(net.client_path, net.pod_ip, 8080, timeout=30).elapsed_s)
         cold.remove()

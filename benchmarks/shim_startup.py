@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from zeropod_core.lab import images
 from zeropod_core.lab.containerd import RUNC_RUNTIME, ZEROPOD_RUNTIME, PrivateContainerd, lab_base
 from zeropod_core.lab.http import wait_for_http
-from zeropod_core.lab.netns import PodNetwork
+from zeropod_core.lab.netns import PodNetwork, parent_pid
 
 
 @dataclass
@@ -26,11 +26,6 @@ class Samples:
     first_response_ms: list[float] = field(default_factory=list)
     rss_mib: list[float] = field(default_factory=list)
     pss_mib: list[float] = field(default_factory=list)
-
-
-def _ppid(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as stat:
-        return int(stat.read().rsplit(")", 1)[1].split()[1])
 
 
 def _memory_mib(pid: int) -> tuple[float, float]:
@@ -63,7 +58,7 @@ def run(runs: int) -> dict[str, Samples]:
                               interval_s=0.001)
                 elapsed = (time.monotonic() - start) * 1000
                 time.sleep(0.3)  # let the shim settle before measuring its memory
-                rss, pss = _memory_mib(_ppid(container.task_pid()))
+                rss, pss = _memory_mib(parent_pid(container.task_pid()))
                 container.remove()
                 if i:
                     samples.first_response_ms.append(elapsed)

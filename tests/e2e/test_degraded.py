@@ -5,8 +5,6 @@ exec wakes it. Each case runs its own private containerd with a plugin blocked."
 from __future__ import annotations
 
 import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -40,14 +38,6 @@ def without_ebpf(pod_network: PodNetwork) -> Iterator[PrivateContainerd]:
     yield from _daemon("ebpf_redirect")
 
 
-def _wait_asleep(net: PodNetwork, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while subprocess.run(["ip", "netns", "pids", net.pod], capture_output=True,
-                         text=True).stdout.split():
-        assert time.monotonic() < deadline, "the app did not scale down"
-        time.sleep(0.02)
-
-
 def test_without_criu_the_container_is_cold_started(
     without_criu: PrivateContainerd, pod_network: PodNetwork
 ) -> None:
@@ -55,7 +45,7 @@ def test_without_criu_the_container_is_cold_started(
                      annotations={"zeropod.ctrox.dev/scaledown-duration": "1s"})
     wait_for_http(pod_network.client_path, pod_network.pod_ip, 8080, deadline_s=20)
     assert http_get(pod_network.client_path, pod_network.pod_ip, 8080).json()["count"] == 2
-    _wait_asleep(pod_network)
+    pod_network.wait_asleep()
     woken = http_get(pod_network.client_path, pod_network.pod_ip, 8080, timeout=20)
     assert woken.json()["count"] == 1  # a cold start: the in-memory state is gone
 
@@ -67,7 +57,7 @@ def test_without_the_redirector_only_exec_wakes_it(
                                  netns=pod_network.pod_path,
                                  annotations={"zeropod.ctrox.dev/scaledown-duration": "1s"})
     wait_for_http(pod_network.client_path, pod_network.pod_ip, 8080, deadline_s=20)
-    _wait_asleep(pod_network)
+    pod_network.wait_asleep()
     with pytest.raises(HttpError):  # nothing listens while it sleeps: refused
         http_get(pod_network.client_path, pod_network.pod_ip, 8080, timeout=2)
     proc = without_ebpf.ctr("task", "exec", "--exec-id", "wake", container.id,

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from zeropod_core.lab.containerd import ZEROPOD_RUNTIME, LabContainer, PrivateContainerd
 from zeropod_core.lab.http import http_get, wait_for_http
 from zeropod_core.lab.manager import LabManager
-from zeropod_core.lab.netns import PodNetwork
+from zeropod_core.lab.netns import PodNetwork, parent_pid
 from zeropod_core.lab.pytest_plugin import LabImages
 
 pytestmark = pytest.mark.containerd
@@ -54,11 +54,6 @@ def second_pod() -> Iterator[PodNetwork]:
         yield net
     finally:
         net.delete()
-
-
-def _app_pids(net: PodNetwork) -> list[int]:
-    out = subprocess.run(["ip", "netns", "pids", net.pod], capture_output=True, text=True)
-    return [int(pid) for pid in out.stdout.split()]
 
 
 def _listening(net: PodNetwork, port: int) -> bool:
@@ -135,7 +130,7 @@ def test_metrics_status_and_shim_lifecycle(
 
             # killing the api pod's shim removes its series
             assert http_get(second_pod.client_path, second_pod.pod_ip, 8080).status == 200
-            shim_pid = _parent(_app_pids(second_pod)[0])
+            shim_pid = parent_pid(second_pod.pod_pids()[0])
             assert Path(lab_containerd.shim_address(api.id)).exists()
             os.kill(shim_pid, signal.SIGKILL)
             deadline = time.monotonic() + 10
@@ -148,11 +143,6 @@ def test_metrics_status_and_shim_lifecycle(
     finally:
         for container, _, _ in reversed(apps):
             container.remove()
-
-
-def _parent(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as stat:
-        return int(stat.read().rsplit(")", 1)[1].split()[1])
 
 
 def test_healthz_reports_what_the_node_can_do(manager: LabManager) -> None:

@@ -46,20 +46,6 @@ def _wait_gone(pid: int, timeout: float = 15.0) -> None:
         time.sleep(0.02)
 
 
-def _pod_pids(net: PodNetwork) -> list[int]:
-    """Processes in the pod's network namespace: the app, when it runs (containerd keeps
-    reporting the first PID; a restored app has a new host PID)."""
-    out = subprocess.run(["ip", "netns", "pids", net.pod], capture_output=True, text=True)
-    return [int(pid) for pid in out.stdout.split()]
-
-
-def _wait_asleep(net: PodNetwork, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while _pod_pids(net):
-        assert time.monotonic() < deadline, f"the app still runs after {timeout} s"
-        time.sleep(0.02)
-
-
 @pytest.fixture
 def counter(lab_images: LabImages, pod_network: PodNetwork,
             run_container: Callable[..., LabContainer]) -> Callable[..., LabContainer]:
@@ -103,7 +89,7 @@ def test_repeated_cycles_keep_counting(
     counter()
     count = _count(pod_network)
     for _ in range(3):
-        _wait_asleep(pod_network)
+        pod_network.wait_asleep()
         count += 1
         assert _count(pod_network) == count
 
@@ -175,7 +161,7 @@ def test_probes_do_not_wake_a_sleeping_container(
                      headers={"User-Agent": "kube-probe/1.31"})
     assert probe.status == 200 and probe.body == b""
     time.sleep(0.5)
-    assert _pod_pids(pod_network) == []  # still asleep
+    assert pod_network.pod_pids() == []  # still asleep
 
 
 def test_activity_keeps_a_busy_container_awake(
@@ -230,7 +216,7 @@ def test_a_sleeping_container_looks_running(
 ) -> None:
     container = counter()
     pid = container.task_pid()
-    _wait_asleep(pod_network)
+    pod_network.wait_asleep()
     assert container.status() == "RUNNING"
     ps = lab_containerd.ctr("task", "ps", container.id).stdout.splitlines()[1:]
     assert [line.split()[0] for line in ps] == [str(pid)]  # the last PID
@@ -241,7 +227,7 @@ def test_a_sleeping_container_looks_running(
     # ctr 1.6 has no "task update": send the Task API's Update as kubelet's resize would
     update_resources(lab_containerd.shim_address(container.id), container.id,
                      {"memory": {"limit": 256 << 20}})  # accepted and ignored
-    assert _pod_pids(pod_network) == []  # none of that woke it
+    assert pod_network.pod_pids() == []  # none of that woke it
     assert _count(pod_network) >= 2  # and it still wakes with its state
 
 
@@ -262,11 +248,11 @@ def test_masked_directories_stay_empty_and_read_only_across_restores(
     lab_containerd: PrivateContainerd
 ) -> None:
     container = counter()
-    before = _masks(_pod_pids(pod_network)[0])
+    before = _masks(pod_network.pod_pids()[0])
     assert before, "runc masked no directory in this container"
-    _wait_asleep(pod_network)
+    pod_network.wait_asleep()
     _count(pod_network)  # wake it
-    after = _masks(_pod_pids(pod_network)[0])
+    after = _masks(pod_network.pod_pids()[0])
     assert set(after) == set(before)
     for options in after.values():
         assert "ro" in options[0].split(",") or "ro" in options[1].split(","), after
@@ -308,9 +294,9 @@ def test_a_failed_checkpoint_keeps_the_app_serving_then_kill_mode(
                 "checkpoint failed" not in log.read_text():
             assert time.monotonic() < deadline, "no failed checkpoint seen"
             time.sleep(0.05)
-        assert _pod_pids(pod_network)  # still running
+        assert pod_network.pod_pids()  # still running
     finally:
         held.close()  # the single-threaded app serves one connection at a time
     assert _count(pod_network) == 2  # same process, state intact
-    _wait_asleep(pod_network)  # the next scale-down kills
+    pod_network.wait_asleep()  # the next scale-down kills
     assert _count(pod_network) == 1  # a cold start

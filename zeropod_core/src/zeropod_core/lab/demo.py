@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,22 +29,8 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def _pod_pids(net: PodNetwork) -> list[str]:
-    out = subprocess.run(["ip", "netns", "pids", net.pod], capture_output=True, text=True)
-    return out.stdout.split()
-
-
 def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
-
-
-def _wait_asleep(net: PodNetwork, timeout: float) -> float:
-    start = time.monotonic()
-    while _pod_pids(net):
-        if time.monotonic() - start > timeout:
-            raise RuntimeError(f"the app did not scale down within {timeout} s")
-        time.sleep(0.01)
-    return time.monotonic() - start
 
 
 _SHOWN = ("zeropod_checkpoint_duration_seconds_count", "zeropod_checkpoint_duration_seconds_sum",
@@ -98,7 +83,7 @@ def run_demo(*, keep: bool = False, cycles: int = 3) -> int:
         image_dir = daemon.image_root / container.id / "snapshot"
         metrics = _metric_lines(manager)
         for cycle in range(1, cycles + 1):
-            idle = _wait_asleep(net, timeout=30)
+            idle = net.wait_asleep(timeout=30)
             _say(f"scaled down  cycle {cycle}: no process left in the pod after {idle:.1f} s "
                  f"more; containerd says {container.status()}, pid {container.task_pid()}; "
                  f"checkpoint image {_size(image_dir) / 2**20:.1f} MiB")

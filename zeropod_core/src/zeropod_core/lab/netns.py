@@ -14,12 +14,13 @@ import logging
 import os
 import secrets
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from zeropod_core.netns import run_in_netns, socket_in
 
-__all__ = ["NETNS_DIR", "PodNetwork", "run_in_netns", "socket_in"]
+__all__ = ["NETNS_DIR", "PodNetwork", "parent_pid", "run_in_netns", "socket_in"]
 
 log = logging.getLogger("zeropod.lab.netns")
 
@@ -83,6 +84,24 @@ class PodNetwork:
         log.debug("created pod network", extra={"pod": net.pod, "client": net.client})
         return net
 
+    def pod_pids(self) -> list[int]:
+        """Host PIDs of the processes in the pod's namespace: the app while it runs
+        (containerd keeps reporting the first PID; a restored app has a new host PID)."""
+        out = subprocess.run(["ip", "netns", "pids", self.pod], capture_output=True, text=True)
+        return [int(pid) for pid in out.stdout.split()]
+
+    def wait_asleep(self, timeout: float = 15.0) -> float:
+        """Wait until no process runs in the pod (scaled down); return the seconds waited.
+
+        Raises TimeoutError when the app still runs after ``timeout``.
+        """
+        start = time.monotonic()
+        while self.pod_pids():
+            if time.monotonic() - start > timeout:
+                raise TimeoutError(f"the app in {self.pod} still runs after {timeout} s")
+            time.sleep(0.01)
+        return time.monotonic() - start
+
     def delete(self) -> None:
         """Remove both namespaces (the veth goes with them). Safe to call twice."""
         for ns in (self.pod, self.client):
@@ -95,3 +114,9 @@ class PodNetwork:
         for ns in (self.pod, self.client):
             subprocess.run(["ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "tx", state,
                             "tso", state, "gso", state], check=True, capture_output=True)
+
+
+def parent_pid(pid: int) -> int:
+    """The parent of ``pid`` (for a container's app: its shim, which is a subreaper)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[1])
