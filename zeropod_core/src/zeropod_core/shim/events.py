@@ -14,6 +14,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from google.protobuf import empty_pb2
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -94,7 +95,7 @@ class EventPublisher:
                 if self._client is None:
                     self._client = await ttrpc.Client.connect(self.address)
                 await self._client.call(EVENTS_SERVICE, "Forward", request,
-                                        _empty_type(), timeout=5.0)
+                                        empty_pb2.Empty, timeout=5.0)
                 log.debug("event published", extra={"topic": topic})
                 return
             except (TimeoutError, OSError, ttrpc.RPCError) as exc:
@@ -110,8 +111,3 @@ class EventPublisher:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
-
-def _empty_type() -> type[Message]:
-    from google.protobuf import empty_pb2
-
-    return empty_pb2.Empty

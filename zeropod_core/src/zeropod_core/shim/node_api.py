@@ -20,14 +20,12 @@ import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from zeropod_core import hookimpl, ttrpc
 from zeropod_core.api import ZEROPOD_SHIM_SERVICE, zeropod_shim
 from zeropod_core.hooks import ShimHooks
 from zeropod_core.model import ContainerStatus, Metric, Phase
 
+from .pbtime import duration, timestamp
 from .process import Container
 
 log = logging.getLogger("zeropod.shim.node")
@@ -46,25 +44,12 @@ def node_socket_path(shim_socket: str) -> str:
     return os.path.join(folder, os.path.basename(shim_socket) + ".sock")
 
 
-def _timestamp(at: float) -> Timestamp:
-    stamp = Timestamp()
-    if at:
-        stamp.FromNanoseconds(int(at * 1e9))
-    return stamp
-
-
-def _duration(seconds: float) -> Duration:
-    duration = Duration()
-    duration.FromNanoseconds(int(seconds * 1e9))
-    return duration
-
-
 def status_message(status: ContainerStatus) -> Any:
     info = status.container
     return zeropod_shim.ContainerStatus(
         id=info.id, name=info.container_name or info.id, pod_name=info.pod_name,
         pod_namespace=info.pod_namespace, phase=_PHASES[status.phase],
-        event_time=_timestamp(status.event_time), event_duration=_duration(status.duration_s),
+        event_time=timestamp(status.event_time), event_duration=duration(status.duration_s),
         event_log=status.log_tail)
 
 
@@ -105,19 +90,19 @@ class NodeService:
                 pod_namespace=info.pod_namespace, running=scaler.phase is not Phase.SCALED_DOWN,
                 checkpoint_errors=scaler.checkpoint_errors, restore_errors=scaler.restore_errors)
             if scaler.last_checkpoint_at:
-                entry.last_checkpoint.CopyFrom(_timestamp(scaler.last_checkpoint_at))
+                entry.last_checkpoint.CopyFrom(timestamp(scaler.last_checkpoint_at))
                 if scaler.last_checkpoint is not None:
                     entry.last_checkpoint_duration.CopyFrom(
-                        _duration(scaler.last_checkpoint.duration_s))
+                        duration(scaler.last_checkpoint.duration_s))
             if scaler.last_checkpoint is not None:
                 entry.image_bytes = scaler.last_checkpoint.image_bytes
             if scaler.activator is not None and scaler.activator.last_wake_s:
-                entry.last_wake_latency.CopyFrom(_duration(scaler.activator.last_wake_s))
+                entry.last_wake_latency.CopyFrom(duration(scaler.activator.last_wake_s))
             if scaler.last_restore_at:
-                entry.last_restore.CopyFrom(_timestamp(scaler.last_restore_at))
+                entry.last_restore.CopyFrom(timestamp(scaler.last_restore_at))
                 if scaler.last_restore is not None:
                     entry.last_restore_duration.CopyFrom(
-                        _duration(scaler.last_restore.duration_s))
+                        duration(scaler.last_restore.duration_s))
             entry.samples.extend(sample_message(m) for m in self.hooks.collect_metrics(info))
         return response
 

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf import empty_pb2
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from zeropod_core import config as cfg
 from zeropod_core import ttrpc
@@ -32,6 +31,7 @@ from zeropod_core.providers import Checkpointer
 from . import mounts
 from .events import EventPublisher
 from .oom import OomWatcher
+from .pbtime import timestamp
 from .process import Container, Process, State
 from .reaper import Exit, Reaper
 from .runc import Runc, RuncError
@@ -43,13 +43,6 @@ from .stdio import ProcessIO, StdioPaths
 log = logging.getLogger("zeropod.shim.task")
 
 EMPTY = empty_pb2.Empty
-
-
-def _timestamp(at: float) -> Timestamp:
-    stamp = Timestamp()
-    if at:
-        stamp.FromNanoseconds(int(at * 1e9))
-    return stamp
 
 
 @dataclass(frozen=True)
@@ -152,7 +145,7 @@ class TaskService:
         async with container.event_lock:
             self.publisher.publish(events.TaskExit(
                 container_id=container.id, id=process.exec_id or container.id,
-                pid=process.pid, exit_status=exited.status, exited_at=_timestamp(exited.at)))
+                pid=process.pid, exit_status=exited.status, exited_at=timestamp(exited.at)))
         log.info("process exited", extra={"container": container.id, "exec": process.exec_id,
                                           "pid": process.pid, "status": exited.status})
 
@@ -365,7 +358,7 @@ class TaskService:
             id=req.exec_id or req.id, bundle=str(container.bundle), pid=process.pid,
             status=process.state.name, stdin=process.paths.stdin, stdout=process.paths.stdout,
             stderr=process.paths.stderr, terminal=process.paths.terminal,
-            exit_status=process.exit_status, exited_at=_timestamp(process.exited_at),
+            exit_status=process.exit_status, exited_at=timestamp(process.exited_at),
             exec_id=req.exec_id)
 
     async def kill(self, ctx: ttrpc.CallContext, req: Any) -> Any:
@@ -399,7 +392,7 @@ class TaskService:
         _, process = self._process(req.id, req.exec_id)
         await process.exited.wait()
         return task.WaitResponse(exit_status=process.exit_status,
-                                 exited_at=_timestamp(process.exited_at))
+                                 exited_at=timestamp(process.exited_at))
 
     async def delete(self, ctx: ttrpc.CallContext, req: Any) -> Any:
         container, process = self._process(req.id, req.exec_id)
@@ -410,7 +403,7 @@ class TaskService:
             if process.io is not None:
                 process.io.close()
             return task.DeleteResponse(pid=process.pid, exit_status=process.exit_status,
-                                       exited_at=_timestamp(process.exited_at))
+                                       exited_at=timestamp(process.exited_at))
         if process.state in (State.RUNNING, State.PAUSED):
             raise ttrpc.FailedPrecondition(f"cannot delete running task {req.id}")
         if container.scaler is not None:
@@ -419,10 +412,10 @@ class TaskService:
         self.hooks.container_deleted(container.info)
         self.publisher.publish(events.TaskDelete(
             container_id=req.id, pid=process.pid, exit_status=process.exit_status,
-            exited_at=_timestamp(process.exited_at), id=req.id))
+            exited_at=timestamp(process.exited_at), id=req.id))
         log.info("container deleted", extra={"container": req.id})
         return task.DeleteResponse(pid=process.pid, exit_status=process.exit_status,
-                                   exited_at=_timestamp(process.exited_at))
+                                   exited_at=timestamp(process.exited_at))
 
     async def _destroy(self, container: Container) -> None:
         """runc delete, stop the pumps, unmount the rootfs, forget the container."""
