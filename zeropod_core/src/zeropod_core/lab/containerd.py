@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from zeropod_core.shim.template import TEMPLATE_PIDFILE
+
 log = logging.getLogger("zeropod.lab.containerd")
 
 RUNC_RUNTIME = "io.containerd.runc.v2"
@@ -251,7 +253,7 @@ class PrivateContainerd:
     def _stop_shim_template(self) -> None:
         """The zeropod shim template started on this daemon's behalf exits once containerd's
         socket is gone; end it now, by the PID it recorded, rather than a second later."""
-        pidfile = self.base / "s" / "zeropod-template.pid"
+        pidfile = self.base / "s" / TEMPLATE_PIDFILE
         try:
             pid = int(pidfile.read_text())
         except (OSError, ValueError):

@@ -1,9 +1,10 @@
 """containerd's command line for shims: Go-style single-dash flags, then an action.
 
 ``containerd-shim-zeropod-v2 -namespace NS -address A -publish-binary B -id ID [-debug]
-[-bundle DIR] start|delete``. Parsed by hand and kept free of ``argparse``, ``dataclasses`` and
-``typing``: importing those costs more than the rest of ``start``, which containerd runs on
-every container start.
+[-bundle DIR] start|delete``. The long-lived server is forked by ``start`` (or by the shim
+template), never started from a command line of its own. Parsed by hand and kept free of
+``argparse``, ``dataclasses`` and ``typing``: importing those costs more than the rest of
+``start``, which containerd runs on every container start.
 """
 
 from __future__ import annotations

@@ -31,9 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .bootstrap import delete
 
         return delete(flags)
-    from .server import run_inherited
-
-    return run_inherited(flags)
+    # The server is never exec'd: start forks it (or the shim template does).
+    sys.stderr.write(f"{SHIM_NAME}: missing action: start or delete\n")
+    return 2
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ from .reaper import Reaper, become_subreaper  # noqa: E402
 from .task_service import ShimConfig, TaskService  # noqa: E402
 
 log = logging.getLogger("zeropod.shim")
-LISTEN_FD = 3
 
 
 class _FifoStream(io.StringIO):
@@ -125,7 +124,3 @@ def run(flags: ShimFlags, listen_socket: socket.socket) -> int:
     log.debug("shim starting")
     return asyncio.run(serve(flags, listen_socket))
 
-
-def run_inherited(flags: ShimFlags) -> int:
-    """Serve on a listening socket inherited as fd 3 (a server started by exec)."""
-    return run(flags, socket.socket(fileno=LISTEN_FD))
