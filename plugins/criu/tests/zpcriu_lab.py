@@ -42,6 +42,7 @@ from zeropod_core.model import ContainerInfo
 from zeropod_core.providers import RuncResult, StdioPipes
 from zeropod_core.shim.reaper import Exit, Reaper, become_subreaper
 from zeropod_core.shim.runc import Runc, RuncError
+from zeropod_core.shim.runtime import runc_result
 from zeropod_core.shim.stdio import ProcessIO, StdioPaths
 
 APP_PORT = 8080
@@ -122,12 +123,7 @@ class LabRuntime:
     async def runc(self, *args: str, stdio: StdioPipes | None = None,
                    timeout_s: float | None = None) -> RuncResult:
         self.calls.append(args)
-        fds = (stdio.stdin, stdio.stdout, stdio.stderr) if stdio else (None, None, None)
-        try:
-            await self._runc.run(*args, stdio=fds, timeout_s=timeout_s)
-        except RuncError as exc:
-            return RuncResult(exc.returncode, exc.message)
-        return RuncResult(0, "")
+        return await runc_result(self._runc, *args, stdio=stdio, timeout_s=timeout_s)
 
     def new_stdio(self) -> StdioPipes:
         stdin, stdout, stderr = self.io.replace_pipes(asyncio.get_running_loop())

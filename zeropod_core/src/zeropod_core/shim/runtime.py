@@ -14,7 +14,18 @@ from zeropod_core.model import ContainerInfo
 from zeropod_core.providers import RuncResult, StdioPipes
 
 from .process import Container
-from .runc import RuncError
+from .runc import Runc, RuncError
+
+
+async def runc_result(runc: Runc, *args: str, stdio: StdioPipes | None = None,
+                      timeout_s: float | None = None) -> RuncResult:
+    """Run ``runc <args>`` and answer as :meth:`RuntimeHandle.runc` does (no exception)."""
+    fds = (stdio.stdin, stdio.stdout, stdio.stderr) if stdio else (None, None, None)
+    try:
+        await runc.run(*args, stdio=fds, timeout_s=timeout_s)
+    except RuncError as exc:
+        return RuncResult(exc.returncode, exc.message)
+    return RuncResult(0, "")
 
 
 class ContainerRuntime:
@@ -41,12 +52,7 @@ class ContainerRuntime:
 
     async def runc(self, *args: str, stdio: StdioPipes | None = None,
                    timeout_s: float | None = None) -> RuncResult:
-        fds = (stdio.stdin, stdio.stdout, stdio.stderr) if stdio else (None, None, None)
-        try:
-            await self._container.runc.run(*args, stdio=fds, timeout_s=timeout_s)
-        except RuncError as exc:
-            return RuncResult(exc.returncode, exc.message)
-        return RuncResult(0, "")
+        return await runc_result(self._container.runc, *args, stdio=stdio, timeout_s=timeout_s)
 
     def new_stdio(self) -> StdioPipes:
         io = self._container.init.io
