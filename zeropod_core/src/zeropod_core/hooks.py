@@ -15,7 +15,14 @@ from typing import Any
 from .config import AnnotationRegistry
 from .model import ContainerInfo, ContainerStatus, Metric, Outcome, Trigger
 from .plugins import ZeropodPluginManager
-from .providers import ActivityTracker, Checkpointer, Migrator, Redirector, RuntimeHandle
+from .providers import (
+    ActivityTracker,
+    Checkpointer,
+    Migrator,
+    Redirector,
+    RuntimeHandle,
+    TaskCheckpointer,
+)
 
 log = logging.getLogger("zeropod.hooks")
 
@@ -82,6 +89,12 @@ class ShimHooks:
                           config: Mapping[str, object]) -> Checkpointer | None:
         result: Checkpointer | None = self.pm.hook.zeropod_make_checkpointer(
             container=container, runtime=runtime, config=config)
+        return result
+
+    def make_task_checkpointer(self, container: ContainerInfo,
+                               runtime: RuntimeHandle) -> TaskCheckpointer | None:
+        result: TaskCheckpointer | None = self.pm.hook.zeropod_make_task_checkpointer(
+            container=container, runtime=runtime)
         return result
 
     def make_redirector(self, container: ContainerInfo) -> Redirector | None:

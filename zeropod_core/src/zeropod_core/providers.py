@@ -53,6 +53,46 @@ class StdioPipes:
                 os.close(fd)
 
 
+@dataclass(frozen=True)
+class CheckpointRequest:
+    """containerd's ``Checkpoint`` of a task: runc's ``CheckpointOptions`` and the paths.
+
+    ``image_path`` is where the image goes (containerd packs it into its content store
+    afterwards, or the client keeps it there); ``work_path`` is for CRIU's logs ("" = a
+    folder of the checkpointer's choosing, removed afterwards).
+    """
+
+    exit: bool = False
+    open_tcp: bool = False
+    external_unix_sockets: bool = False
+    terminal: bool = False
+    file_locks: bool = False
+    empty_namespaces: tuple[str, ...] = ()
+    cgroups_mode: str = ""
+    image_path: str = ""
+    work_path: str = ""
+
+
+@dataclass(frozen=True)
+class RestoreRequest:
+    """A task created from a checkpoint image (``Create`` with ``checkpoint``), at ``Start``.
+
+    The restored process's stdio are ``stdio`` (pipes) or, for a terminal, the pty runc sends
+    to ``console_socket``; its host PID goes to ``pid_file``.
+    """
+
+    image_path: str
+    work_path: str
+    pid_file: str
+    console_socket: str = ""
+    no_pivot_root: bool = False
+
+
+class CheckpointApiError(RuntimeError):
+    """A checkpoint or restore asked through containerd's API failed; the message says why
+    (runc's error and where CRIU's log is)."""
+
+
 class RuntimeHandle(Protocol):
     """What the shim lends a checkpointer for one container: paths, PID and its runc driver."""
 
@@ -104,6 +144,26 @@ class Checkpointer(Protocol):
 
     async def discard(self) -> None:
         """Remove the image of a container that is deleted while scaled down."""
+        ...
+
+
+@runtime_checkable
+class TaskCheckpointer(Protocol):
+    """containerd's own checkpoint API for one container (``ctr c checkpoint``, ``ctr c
+    restore``, the kubelet's container checkpoint). Provided by ``zeropod-criu``.
+
+    The core wakes a sleeping container before :meth:`checkpoint` and serialises it with
+    scale-down; without a provider these calls fail with a clear error.
+    """
+
+    async def checkpoint(self, request: CheckpointRequest) -> None:
+        """Write the running container's image to ``request.image_path``; leave it running
+        unless ``request.exit``. Raise :class:`CheckpointApiError` on failure."""
+        ...
+
+    async def restore(self, request: RestoreRequest, stdio: StdioPipes | None) -> None:
+        """Create and start the container from ``request.image_path`` (``runc restore``).
+        Raise :class:`CheckpointApiError` on failure."""
         ...
 
 

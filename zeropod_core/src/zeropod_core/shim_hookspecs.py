@@ -24,7 +24,14 @@ from . import PROJECT_NAME
 
 if TYPE_CHECKING:
     from .model import ContainerInfo, ContainerStatus, Metric, Outcome, Trigger
-    from .providers import ActivityTracker, Checkpointer, Migrator, Redirector, RuntimeHandle
+    from .providers import (
+        ActivityTracker,
+        Checkpointer,
+        Migrator,
+        Redirector,
+        RuntimeHandle,
+        TaskCheckpointer,
+    )
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
@@ -88,6 +95,22 @@ def zeropod_make_checkpointer(
     :param container: the container.
     :param runtime: the shim's runc driver for that container.
     :param config: parsed values of the registered annotations, keyed by annotation name.
+    """
+
+
+@hookspec(firstresult=True)
+def zeropod_make_task_checkpointer(
+    container: ContainerInfo, runtime: RuntimeHandle
+) -> TaskCheckpointer | None:
+    """Return what serves containerd's own checkpoint API for a container, or None to pass.
+
+    Called when containerd asks this shim to ``Checkpoint`` a task or to create one from a
+    checkpoint image (``ctr c checkpoint``/``ctr c restore``, the kubelet's checkpoint API),
+    for any container, managed or not. Without an implementation those calls fail with an
+    error saying that checkpointing needs the criu plugin.
+
+    :param container: the container.
+    :param runtime: the shim's runc driver for that container.
     """
 
 

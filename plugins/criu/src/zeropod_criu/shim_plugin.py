@@ -38,6 +38,7 @@ from .kdat import ensure_kdat_cache
 from .node import NodeKey
 from .paths import ImagePaths, make_private_dir
 from .settings import PRE_DUMP_ANNOTATION, CriuSettings, parse_bool
+from .task_api import RuncTaskCheckpointer
 
 log = logging.getLogger("zeropod.criu.shim")
 
@@ -140,6 +141,13 @@ def zeropod_make_checkpointer(container: ContainerInfo, runtime: RuntimeHandle,
     features = _features
     return CriuCheckpointer(container, runtime, config, settings=current_settings(),
                             mem_track=features.mem_track if features else None)
+
+
+@hookimpl
+def zeropod_make_task_checkpointer(container: ContainerInfo,
+                                   runtime: RuntimeHandle) -> RuncTaskCheckpointer | None:
+    """containerd's checkpoint API (``ctr c checkpoint``/``restore``) for any container."""
+    return RuncTaskCheckpointer(container, runtime, timeout_s=current_settings().timeout_s)
 
 
 @hookimpl

@@ -23,10 +23,18 @@ if TYPE_CHECKING:
     from zeropod_core.api import typeurl
     from zeropod_core.api._pb.cgroups.v1 import metrics_pb2 as cgroups_v1
     from zeropod_core.api._pb.containerd.events import task_pb2 as events
+    from zeropod_core.api._pb.containerd.linux.runc import runc_pb2 as linux_runc
     from zeropod_core.api._pb.containerd.runc.v1 import options_pb2 as runc_options
+    from zeropod_core.api._pb.containerd.services.containers.v1 import (
+        containers_pb2 as containers_service,
+    )
     from zeropod_core.api._pb.containerd.services.events.ttrpc.v1 import (
         events_pb2 as events_service,
     )
+    from zeropod_core.api._pb.containerd.services.snapshots.v1 import (
+        snapshots_pb2 as snapshots_service,
+    )
+    from zeropod_core.api._pb.containerd.services.tasks.v1 import tasks_pb2 as tasks_service
     from zeropod_core.api._pb.containerd.task.v2 import shim_pb2 as task
     from zeropod_core.api._pb.containerd.types import mount_pb2 as mount
     from zeropod_core.api._pb.containerd.types.task import task_pb2 as task_types
@@ -47,6 +55,11 @@ _MODULES: Final = {
     "events": "zeropod_core.api._pb.containerd.events.task_pb2",
     "events_service": "zeropod_core.api._pb.containerd.services.events.ttrpc.v1.events_pb2",
     "runc_options": "zeropod_core.api._pb.containerd.runc.v1.options_pb2",
+    "linux_runc": "zeropod_core.api._pb.containerd.linux.runc.runc_pb2",
+    # containerd's gRPC services: only the lab's client (zeropod_core.lab.grpcclient) uses them
+    "tasks_service": "zeropod_core.api._pb.containerd.services.tasks.v1.tasks_pb2",
+    "containers_service": "zeropod_core.api._pb.containerd.services.containers.v1.containers_pb2",
+    "snapshots_service": "zeropod_core.api._pb.containerd.services.snapshots.v1.snapshots_pb2",
     "runtime_options": "zeropod_core.api._pb.runtimeoptions.v1.api_pb2",
     "cgroups_v1": "zeropod_core.api._pb.cgroups.v1.metrics_pb2",
     "zeropod_shim": "zeropod_core.api._pb.zeropod.shim.v1.shim_pb2",
@@ -68,13 +81,17 @@ __all__ = [
     "TASK_SERVICE",
     "ZEROPOD_SHIM_SERVICE",
     "cgroups_v1",
+    "containers_service",
     "events",
     "events_service",
+    "linux_runc",
     "mount",
     "runc_options",
     "runtime_options",
+    "snapshots_service",
     "task",
     "task_types",
+    "tasks_service",
     "typeurl",
     "zeropod_shim",
 ]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zeropod_core.model import ContainerInfo
+from zeropod_core.providers import RestoreRequest, TaskCheckpointer
 
 from .oom import OomWatcher
 
@@ -53,6 +54,8 @@ class Process:
     exit: Exit | None = None
     spec: dict[str, Any] = field(default_factory=dict)
     exited: asyncio.Event = field(default_factory=asyncio.Event)
+    # set once TaskExit was published: init's exit waits for its execs' (runc.v2's order)
+    exit_published: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def exit_status(self) -> int:
@@ -63,9 +66,11 @@ class Process:
         return self.exit.at if self.exit else 0.0
 
     async def record_exit(self, exited: Exit) -> None:
-        """Mark the process stopped once its output has been forwarded."""
+        """Mark the process stopped once its output has been forwarded; its output streams
+        end (EOF for the client) as soon as they are drained."""
         if self.io is not None:
             await self.io.drained(DRAIN_TIMEOUT_S)
+            self.io.finish_output()
         self.exit = exited
         self.state = State.STOPPED
         self.exited.set()
@@ -88,8 +93,16 @@ class Container:
     spec: dict[str, Any]
     info: ContainerInfo
     rootfs_mounted: bool = False
+    io_uid: int = 0
+    io_gid: int = 0
+    no_pivot_root: bool = False
     oom: OomWatcher | None = None
+    # where the container's processes are listed (read while init runs)
+    cgroup_procs: Path | None = None
     scaler: Scaler | None = None
+    # Create with a checkpoint: what Start restores from (None once started)
+    restore_from: RestoreRequest | None = None
+    task_checkpointer: TaskCheckpointer | None = None
     execs: dict[str, Process] = field(default_factory=dict)
     # Serialises "start + publish TaskStart" against "publish TaskExit" (events stay ordered).
     event_lock: asyncio.Lock = field(default_factory=asyncio.Lock)

@@ -23,6 +23,19 @@ from .reaper import Reaper
 DEFAULT_RUNC = "runc"
 
 
+def kills_all_on_exit(spec: dict[str, Any]) -> bool:
+    """Whether the container's other processes must be killed when its init exits.
+
+    Only a container with a PID namespace of its own (no ``path``) has them killed by the
+    kernel; one that shares a namespace (the host's, a pod's) keeps them otherwise. The same
+    rule as containerd's ``ShouldKillAllOnExit``.
+    """
+    for namespace in spec.get("linux", {}).get("namespaces", []) or []:
+        if namespace.get("type") == "pid" and not namespace.get("path"):
+            return False
+    return True
+
+
 class RuncError(Exception):
     """A runc command failed; ``str()`` is runc's error message."""
 

@@ -152,15 +152,24 @@ class ProcessIO:
     _console_listener: socket.socket | None = None
     master: int | None = None
     _fifos: tuple[int | None, int | None, int | None] = (None, None, None)
-    _pumps: list[Pump] = field(default_factory=list)
+    # output pumps with the slot of the FIFO they write to (1 = stdout, 2 = stderr)
+    _pumps: list[tuple[int, Pump]] = field(default_factory=list)
     _stdin_pump: Pump | None = None
+    _finished: bool = False
 
     @classmethod
-    def pipes(cls, paths: StdioPaths) -> ProcessIO:
-        """Three new pipes; the process gets the read end of stdin and write ends of the rest."""
+    def pipes(cls, paths: StdioPaths, uid: int = 0, gid: int = 0) -> ProcessIO:
+        """Three new pipes; the process gets the read end of stdin and write ends of the rest.
+
+        The process's ends are owned by ``uid``/``gid`` (containerd's ``io_uid``/``io_gid``)
+        so that a container running as another user can reopen ``/dev/stdout``.
+        """
         stdin_r, stdin_w = os.pipe()
         stdout_r, stdout_w = os.pipe()
         stderr_r, stderr_w = os.pipe()
+        if uid or gid:
+            for fd in (stdin_r, stdout_w, stderr_w):
+                os.fchown(fd, uid, gid)
         return cls(paths, (stdin_r, stdout_w, stderr_w), stdin_w, stdout_r, stderr_r)
 
     @classmethod
@@ -209,21 +218,25 @@ class ProcessIO:
         self.child_fds = (None, None, None)
 
     def start_copying(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Open the FIFOs and start the pumps."""
+        """Open the FIFOs and start the pumps.
+
+        A terminal has no stderr (the pty carries both streams), and clients make no stderr
+        FIFO for it: its path is ignored, as containerd's runc shim does.
+        """
         stdin_fifo = open_fifo(self.paths.stdin)
         stdout_fifo = open_fifo(self.paths.stdout)
-        stderr_fifo = open_fifo(self.paths.stderr)
+        stderr_fifo = None if self.paths.terminal else open_fifo(self.paths.stderr)
         self._fifos = (stdin_fifo, stdout_fifo, stderr_fifo)
         if self.master is not None:
             master_out = os.dup(self.master)
-            self._pumps.append(Pump(loop, master_out, stdout_fifo))
+            self._pumps.append((1, Pump(loop, master_out, stdout_fifo)))
             if stdin_fifo is not None:
                 self._stdin_pump = Pump(loop, stdin_fifo, _nonblocking(os.dup(self.master)),
                                         close_src=False, close_dst=True)
             return
         assert self._stdout_r is not None and self._stderr_r is not None
-        self._pumps.append(Pump(loop, self._stdout_r, stdout_fifo))
-        self._pumps.append(Pump(loop, self._stderr_r, stderr_fifo))
+        self._pumps.append((1, Pump(loop, self._stdout_r, stdout_fifo)))
+        self._pumps.append((2, Pump(loop, self._stderr_r, stderr_fifo)))
         self._stdout_r = self._stderr_r = None
         if stdin_fifo is not None and self._stdin_w is not None:
             self._stdin_pump = Pump(loop, stdin_fifo, _nonblocking(self._stdin_w),
@@ -241,9 +254,9 @@ class ProcessIO:
         stdout_r, stdout_w = os.pipe()
         stderr_r, stderr_w = os.pipe()
         stdin_fifo, stdout_fifo, stderr_fifo = self._fifos
-        self._pumps = [p for p in self._pumps if not p.done.done()]
-        self._pumps.append(Pump(loop, stdout_r, stdout_fifo))
-        self._pumps.append(Pump(loop, stderr_r, stderr_fifo))
+        self._pumps = [(slot, p) for slot, p in self._pumps if not p.done.done()]
+        self._pumps.append((1, Pump(loop, stdout_r, stdout_fifo)))
+        self._pumps.append((2, Pump(loop, stderr_r, stderr_fifo)))
         if self._stdin_pump is not None and stdin_fifo is not None:
             self._stdin_pump.stop()
             self._stdin_pump = Pump(loop, stdin_fifo, _nonblocking(stdin_w), close_src=False,
@@ -269,14 +282,40 @@ class ProcessIO:
 
     async def drained(self, timeout: float) -> None:
         """Wait until the output pumps reached EOF (all output forwarded), at most ``timeout``."""
-        pending = [p.done for p in self._pumps if not p.done.done()]
+        pending = [p.done for _, p in self._pumps if not p.done.done()]
         if pending:
             await asyncio.wait(pending, timeout=timeout)
+
+    def finish_output(self) -> None:
+        """The process has exited for good: end its output streams once they are drained.
+
+        Each output FIFO is closed as soon as every pump writing to it has reached EOF (now,
+        or later if a grandchild still holds the pipe), so a client reading it gets EOF
+        before anyone calls Delete. containerd's CRI plugin waits for exactly that EOF after
+        an exec's exit before it answers ``kubectl exec``. Not called for a checkpointed
+        process: its FIFOs stay open for the restored one.
+        """
+        self._finished = True
+        for _, pump in self._pumps:
+            pump.done.add_done_callback(lambda _: self._close_drained_outputs())
+        self._close_drained_outputs()
+
+    def _close_drained_outputs(self) -> None:
+        if not self._finished:
+            return
+        fifos = list(self._fifos)
+        for slot in (1, 2):
+            busy = any(s == slot and not p.done.done() for s, p in self._pumps)
+            if fifos[slot] is not None and not busy:
+                with contextlib.suppress(OSError):
+                    os.close(fifos[slot])  # type: ignore[arg-type]
+                fifos[slot] = None
+        self._fifos = (fifos[0], fifos[1], fifos[2])
 
     def close(self) -> None:
         """Stop everything and close every fd still held."""
         self.close_stdin()
-        for pump in self._pumps:
+        for _, pump in self._pumps:
             pump.stop()
         for fd in (*self.child_fds, self._stdout_r, self._stderr_r, self.master, *self._fifos):
             if fd is not None:

@@ -9,12 +9,13 @@ raised as ttrpc status exceptions (NotFound, FailedPrecondition, ...).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +27,27 @@ from zeropod_core.api import cgroups_v1, events, runc_options, task, task_types,
 from zeropod_core.builtin.cold_start import ColdStart
 from zeropod_core.hooks import ShimHooks
 from zeropod_core.model import ContainerInfo, Trigger
-from zeropod_core.providers import Checkpointer
+from zeropod_core.providers import (
+    CheckpointApiError,
+    Checkpointer,
+    RestoreRequest,
+    StdioPipes,
+    TaskCheckpointer,
+)
 
-from . import mounts
+from . import cgroups, mounts
 from .events import EventPublisher
 from .oom import OomWatcher
+from .options import (
+    CreateSettings,
+    UnsupportedOptions,
+    checkpoint_settings,
+    create_settings,
+)
 from .pbtime import timestamp
 from .process import Container, Process, State
 from .reaper import Exit, Reaper
-from .runc import Runc, RuncError
+from .runc import Runc, RuncError, kills_all_on_exit
 from .runtime import ContainerRuntime
 from .scaler import RestoreFailed, Scaler, ScalerSettings
 from .stats import metrics_from_runc_stats
@@ -77,6 +90,14 @@ def container_info(container_id: str, bundle: Path, namespace: str,
 
 
 _STOP_SIGNALS = frozenset({2, 3, 9, 15})  # INT, QUIT, KILL, TERM: the container is being stopped
+# After init's exit, how long the shim waits for the container's other processes to be gone
+# (SIGKILLed by `runc kill --all` when it shares the host's PID namespace) before it reports
+# the exit anyway.
+_LEFTOVER_WAIT_S = 2.0
+
+# A process's start: given its stdio fds (pipes, or all None for a terminal), the console
+# socket path ("" without a terminal) and the pid file, run the runc command that starts it.
+Launch = Callable[[tuple[int | None, int | None, int | None], str, Path], Awaitable[None]]
 
 
 def _scaled_down(container: Container) -> bool:
@@ -116,7 +137,7 @@ class TaskService:
             raise ttrpc.NotFound(f"process {exec_id} does not exist: not found")
         return container, process
 
-    def _runc_for(self, bundle: Path, options: Any) -> Runc:
+    def _runc_for(self, bundle: Path, options: CreateSettings) -> Runc:
         root = Path(options.root) if options.root else self.config.default_runc_root
         return Runc(self.reaper, root / self.config.namespace, bundle / "log.json",
                     binary=options.binary_name or "runc", criu=options.criu_path or None,
@@ -141,33 +162,68 @@ class TaskService:
                 await scaler.stop()
             else:
                 scaler.exec_exited()
+        if process is container.init:
+            await self._end_other_processes(container)
         await process.record_exit(exited)
         async with container.event_lock:
             self.publisher.publish(events.TaskExit(
                 container_id=container.id, id=process.exec_id or container.id,
                 pid=process.pid, exit_status=exited.status, exited_at=timestamp(exited.at)))
+        process.exit_published.set()
         log.info("process exited", extra={"container": container.id, "exec": process.exec_id,
                                           "pid": process.pid, "status": exited.status})
 
-    async def _start_io(self, process: Process) -> ProcessIO:
-        return ProcessIO.console(process.paths) if process.paths.terminal else (
-            ProcessIO.pipes(process.paths))
+    async def _end_other_processes(self, container: Container) -> None:
+        """Init exited: nothing of the container may outlive it, as with runc.v2.
+
+        With its own PID namespace the kernel has killed the rest already. Sharing another
+        namespace (the host's, a pod's), the container's other processes live on, so they are
+        SIGKILLed through runc and awaited. Execs report their exits before init does.
+        """
+        if kills_all_on_exit(container.spec):
+            try:
+                await container.runc.run("kill", "--all", container.id, "9")
+            except RuncError as exc:
+                log.debug("kill --all after init's exit", extra={"container": container.id,
+                                                                  "error": exc.message})
+            if not await cgroups.wait_empty(container.cgroup_procs, _LEFTOVER_WAIT_S):
+                log.warning("processes of the container outlived its init",
+                            extra={"container": container.id})
+        running = [p.exit_published.wait() for p in container.execs.values()
+                   if p.state in (State.RUNNING, State.PAUSED)]
+        if running:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*running), _LEFTOVER_WAIT_S)
+
+    def _start_io(self, container: Container, process: Process) -> ProcessIO:
+        if process.paths.terminal:
+            return ProcessIO.console(process.paths)
+        return ProcessIO.pipes(process.paths, container.io_uid, container.io_gid)
 
     async def _spawn_with_io(self, container: Container, process: Process,
                              args: list[str]) -> int:
         """Run a runc command that starts ``process`` (create/exec); return its PID."""
-        io = await self._start_io(process)
+        async def launch(fds: tuple[int | None, int | None, int | None], console: str,
+                         pid_file: Path) -> None:
+            extra = ["--pid-file", str(pid_file)]
+            if console:
+                extra += ["--console-socket", console]
+            await container.runc.run(args[0], *extra, *args[1:], stdio=fds)
+
+        return await self._launch_with_io(container, process, launch)
+
+    async def _launch_with_io(self, container: Container, process: Process,
+                              launch: Launch) -> int:
+        """Give ``process`` its stdio, start it with ``launch``, return its PID."""
+        io = self._start_io(container, process)
         process.io = io
         pid_file = container.bundle / (f"{process.exec_id}.pid" if process.exec_id else "init.pid")
-        if io.console_socket_path:
-            args = [*args[:1], "--console-socket", io.console_socket_path, *args[1:]]
-        args = [*args[:1], "--pid-file", str(pid_file), *args[1:]]
         try:
-            runc_call = container.runc.run(*args, stdio=io.child_fds)
+            started = launch(io.child_fds, io.console_socket_path, pid_file)
             if io.console_socket_path:
-                await asyncio.gather(runc_call, io.receive_console())
+                await asyncio.gather(started, io.receive_console())
             else:
-                await runc_call
+                await started
             pid = int(pid_file.read_text())
         except BaseException:
             io.close()
@@ -238,8 +294,10 @@ class TaskService:
     async def create(self, ctx: ttrpc.CallContext, req: Any) -> Any:
         if req.id in self.containers:
             raise ttrpc.AlreadyExists(f"container {req.id}: already exists")
-        if req.checkpoint:
-            raise ttrpc.Unimplemented("creating a task from a checkpoint is not supported")
+        try:
+            options = create_settings(req.options if req.HasField("options") else None)
+        except UnsupportedOptions as exc:
+            raise ttrpc.InvalidArgument(str(exc)) from exc
         bundle = Path(req.bundle)
         spec = json.loads((bundle / "config.json").read_text())
         info = container_info(req.id, bundle, self.config.namespace, spec)
@@ -254,9 +312,8 @@ class TaskService:
             if json.dumps(spec, sort_keys=True) != before:
                 (bundle / "config.json").write_text(json.dumps(spec))
                 info = container_info(req.id, bundle, self.config.namespace, spec)
-        options = runc_options.Options()
-        if req.HasField("options") and typeurl.is_type(req.options, runc_options.Options):
-            options = typeurl.unpack(req.options, runc_options.Options)
+        if options.shim_cgroup:
+            cgroups.join(options.shim_cgroup, os.getpid())
         runc = self._runc_for(bundle, options)
         (bundle / "options.json").write_text(json.dumps(
             {"root": str(runc.root.parent), "binary_name": runc.binary}))
@@ -269,25 +326,34 @@ class TaskService:
             mounted = True
         paths = StdioPaths(req.stdin, req.stdout, req.stderr, req.terminal)
         init = Process(req.id, "", paths)
-        container = Container(req.id, bundle, runc, init, spec, info, rootfs_mounted=mounted)
-        args = ["create", "--bundle", str(bundle)]
-        if options.no_pivot_root:
-            args.insert(1, "--no-pivot")
-        if options.no_new_keyring:
-            args.insert(1, "--no-new-keyring")
-        args.append(req.id)
+        container = Container(req.id, bundle, runc, init, spec, info, rootfs_mounted=mounted,
+                              io_uid=options.io_uid, io_gid=options.io_gid,
+                              no_pivot_root=options.no_pivot_root)
+        checkpoint = req.checkpoint or options.criu_image_path
         try:
-            init.pid = await self._spawn_with_io(container, init, args)
-        except RuncError as exc:
+            if checkpoint:
+                # as runc.v2: nothing runs until Start restores the image (pid 0 until then)
+                container.restore_from = RestoreRequest(
+                    image_path=checkpoint, pid_file=str(bundle / "init.pid"),
+                    work_path=options.criu_work_path or str(bundle / "criu-work"),
+                    no_pivot_root=options.no_pivot_root)
+                if self._task_checkpointer(container) is None:
+                    raise ttrpc.FailedPrecondition(
+                        "creating a task from a checkpoint needs CRIU: install the "
+                        "zeropod-criu plugin (no plugin provides zeropod_make_task_checkpointer)")
+            else:
+                await self._create_init(container, options)
+        except (RuncError, ttrpc.RPCError) as exc:
             if mounted:
                 mounts.unmount_all(str(rootfs))
+            if isinstance(exc, ttrpc.RPCError):
+                raise
             raise ttrpc.Unknown(f"failed to create shim task: OCI runtime create failed: "
                                 f"{exc.message}") from exc
         self.containers[req.id] = container
-        self._watch(container, init)
-        container.oom = OomWatcher.for_pid(
-            asyncio.get_running_loop(), init.pid,
-            lambda: self.publisher.publish(events.TaskOOM(container_id=req.id)))
+        if not checkpoint:
+            self._watch(container, init)
+            self._watch_oom(container)
         if managed:
             container.scaler = self._make_scaler(container, values)
         self.hooks.container_created(container.info, values)
@@ -299,6 +365,47 @@ class TaskService:
         log.info("container created", extra={"container": req.id, "pid": init.pid})
         return task.CreateTaskResponse(pid=init.pid)
 
+    async def _create_init(self, container: Container, options: CreateSettings) -> None:
+        args = ["create", "--bundle", str(container.bundle)]
+        if options.no_pivot_root:
+            args.insert(1, "--no-pivot")
+        if options.no_new_keyring:
+            args.insert(1, "--no-new-keyring")
+        args.append(container.id)
+        container.init.pid = await self._spawn_with_io(container, container.init, args)
+
+    def _watch_oom(self, container: Container) -> None:
+        container.cgroup_procs = cgroups.procs_file(container.init.pid)
+        container.oom = OomWatcher.for_pid(
+            asyncio.get_running_loop(), container.init.pid,
+            lambda: self.publisher.publish(events.TaskOOM(container_id=container.id)))
+
+    def _task_checkpointer(self, container: Container) -> TaskCheckpointer | None:
+        if container.task_checkpointer is None:
+            container.task_checkpointer = self.hooks.make_task_checkpointer(
+                container.info, ContainerRuntime(container))
+        return container.task_checkpointer
+
+    async def _restore_init(self, container: Container, request: RestoreRequest) -> None:
+        """Start a task created from a checkpoint: restore it with fresh stdio (runc.v2's
+        ``createdCheckpointState.Start``)."""
+        checkpointer = self._task_checkpointer(container)
+        assert checkpointer is not None  # checked at Create
+
+        async def launch(fds: tuple[int | None, int | None, int | None], console: str,
+                         pid_file: Path) -> None:
+            stdio = None if fds[0] is None else StdioPipes(*fds)  # type: ignore[arg-type]
+            await checkpointer.restore(replace(request, console_socket=console,
+                                               pid_file=str(pid_file)), stdio)
+
+        try:
+            container.init.pid = await self._launch_with_io(container, container.init, launch)
+        except CheckpointApiError as exc:
+            raise ttrpc.Unknown(f"OCI runtime restore failed: {exc}") from exc
+        container.restore_from = None
+        self._watch(container, container.init)
+        self._watch_oom(container)
+
     async def start(self, ctx: ttrpc.CallContext, req: Any) -> Any:
         container, process = self._process(req.id, req.exec_id)
         async with container.event_lock:
@@ -307,10 +414,13 @@ class TaskService:
                     f"process {req.exec_id or req.id} is {process.state.name.lower()}, "
                     "not created")
             if not req.exec_id:
-                try:
-                    await container.runc.run("start", req.id)
-                except RuncError as exc:
-                    raise ttrpc.Unknown(f"OCI runtime start failed: {exc.message}") from exc
+                if container.restore_from is not None:
+                    await self._restore_init(container, container.restore_from)
+                else:
+                    try:
+                        await container.runc.run("start", req.id)
+                    except RuncError as exc:
+                        raise ttrpc.Unknown(f"OCI runtime start failed: {exc.message}") from exc
                 if process.state is State.CREATED:
                     process.state = State.RUNNING
                 self.publisher.publish(events.TaskStart(container_id=req.id, pid=process.pid))
@@ -346,6 +456,7 @@ class TaskService:
             raise ttrpc.FailedPrecondition(f"container {req.id} is not running")
         await self._wake(container, Trigger.EXEC)
         spec = json.loads(req.spec.value) if req.HasField("spec") else {}
+        spec["terminal"] = req.terminal  # the request decides, as in runc.v2
         process = Process(req.id, req.exec_id,
                           StdioPaths(req.stdin, req.stdout, req.stderr, req.terminal), spec=spec)
         container.execs[req.exec_id] = process
@@ -485,9 +596,41 @@ class TaskService:
 
     async def resize_pty(self, ctx: ttrpc.CallContext, req: Any) -> Any:
         _, process = self._process(req.id, req.exec_id)
-        if process.io is None or process.io.master is None:
-            raise ttrpc.FailedPrecondition("the process has no terminal")
-        process.io.resize(req.width, req.height)
+        if process.io is not None and process.io.master is not None:
+            process.io.resize(req.width, req.height)
+        # without a terminal there is nothing to resize: a no-op, as in runc.v2
+        return EMPTY()
+
+    async def checkpoint(self, ctx: ttrpc.CallContext, req: Any) -> Any:
+        """containerd's checkpoint of a task (``ctr c checkpoint``, the kubelet's checkpoint
+        API): the image goes to ``req.path``, which containerd then stores.
+
+        A sleeping container is woken first, so the image is always of the live process, and
+        the scale-down lock is held meanwhile so that no scale-down runs in between.
+        """
+        container = self._container(req.id)
+        try:
+            request = checkpoint_settings(req.options if req.HasField("options") else None)
+        except UnsupportedOptions as exc:
+            raise ttrpc.InvalidArgument(str(exc)) from exc
+        if container.init.state not in (State.RUNNING, State.PAUSED):
+            raise ttrpc.FailedPrecondition(f"container {req.id} is not running")
+        checkpointer = self._task_checkpointer(container)
+        if checkpointer is None:
+            raise ttrpc.FailedPrecondition(
+                "checkpointing needs CRIU: install the zeropod-criu plugin (no plugin "
+                "provides zeropod_make_task_checkpointer)")
+        request = replace(request, image_path=req.path or request.image_path)
+        await self._wake(container, Trigger.MANUAL)
+        scaler = container.scaler
+        lock = scaler.lock if scaler is not None else contextlib.nullcontext()
+        async with lock:
+            try:
+                await checkpointer.checkpoint(request)
+            except CheckpointApiError as exc:
+                raise ttrpc.Unknown(str(exc)) from exc
+        log.info("checkpointed through the API", extra={
+            "container": req.id, "path": request.image_path, "exit": request.exit})
         return EMPTY()
 
     async def update(self, ctx: ttrpc.CallContext, req: Any) -> Any:
