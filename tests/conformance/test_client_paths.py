@@ -9,9 +9,7 @@ same assertions.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +20,7 @@ import pytest
 
 from zeropod_core.api import linux_runc, runc_options, typeurl
 from zeropod_core.lab.containerd import ZEROPOD_RUNTIME, PrivateContainerd
-from zeropod_core.lab.grpcclient import ContainerdClient
+from zeropod_core.lab.grpcclient import ApiContainers, ContainerdClient
 from zeropod_core.lab.pytest_plugin import LabImages
 
 pytestmark = pytest.mark.containerd
@@ -42,47 +40,19 @@ def client(lab_containerd: PrivateContainerd) -> Iterator[ContainerdClient]:
 @pytest.fixture
 def make_container(runtime: str, lab_containerd: PrivateContainerd, lab_images: LabImages,
                    client: ContainerdClient) -> Iterator[MakeContainer]:
-    """``make_container(command, tty=False, host_pid=False, image=busybox)``: a container
-    record (``ctr containers create``) in the lab's cgroup parent; its task is the test's."""
-    made: list[str] = []
+    """``make_container(command, tty=False, host_pid=False, user=None)``: a busybox container
+    record in the lab's cgroup parent; its task is the test's, removed afterwards."""
+    records = ApiContainers(lab_containerd, client)
 
     def make(command: list[str], *, tty: bool = False, host_pid: bool = False,
-             image: str = "", user: tuple[int, int] | None = None) -> str:
-        container_id = f"gc-{secrets.token_hex(4)}"
-        args = ["containers", "create", "--runtime", runtime]
-        if tty:
-            args.append("--tty")
-        if host_pid:
-            # the host's PID namespace (this process's: /proc/1 may not be readable here)
-            args += ["--with-ns", f"pid:/proc/{os.getpid()}/ns/pid"]
-        # ctr 1.6's `containers create` takes no command: the spec gets it below
-        lab_containerd.ctr(*args, image or lab_images.busybox, container_id)
-        made.append(container_id)
-
-        def adjust(spec: dict[str, Any]) -> None:
-            spec["process"]["args"] = command
-            spec["linux"]["cgroupsPath"] = f"/{lab_containerd.cgroup_parent}/{container_id}"
-            if user is not None:
-                spec["process"]["user"] = {"uid": user[0], "gid": user[1]}
-
-        client.update_spec(container_id, adjust)
-        return container_id
+             user: tuple[int, int] | None = None) -> str:
+        # the host's PID namespace (this process's: /proc/1 may not be readable here)
+        namespaces = {"pid": f"/proc/{os.getpid()}/ns/pid"} if host_pid else {}
+        return records.create(lab_images.busybox, command, runtime=runtime, tty=tty,
+                              namespaces=namespaces, user=user)
 
     yield make
-    for container_id in made:
-        with contextlib.suppress(grpc.RpcError):
-            client.kill(container_id, 9, all=True)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                if client.get(container_id).status == 3:
-                    break
-            except grpc.RpcError:
-                break
-            time.sleep(0.02)
-        with contextlib.suppress(grpc.RpcError):
-            client.delete(container_id)
-        lab_containerd.ctr("containers", "delete", container_id, check=False)
+    records.remove_all()
 
 
 def _running(client: ContainerdClient, make_container: MakeContainer,

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from zeropod_core import config
 from zeropod_core.shim import mounts, template
 from zeropod_core.shim.flags import ShimFlags, UsageError, parse
 from zeropod_core.shim.reaper import Reaper
@@ -84,3 +85,47 @@ async def test_reaper_delivers_every_exit_once() -> None:
         assert seen == [0]
     finally:
         asyncio.get_running_loop().remove_signal_handler(signal.SIGCHLD)
+
+
+# --- the shared on/off parser of plugin settings -----------------------------------------
+
+
+@pytest.mark.parametrize(("text", "value"), [("true", True), (" TRUE ", True), ("1", True),
+                                             ("yes", True), ("on", True), ("off", False),
+                                             ("false", False), ("0", False), ("No", False)])
+def test_parse_switch(text: str, value: bool) -> None:
+    assert config.parse_switch(text) is value
+
+
+@pytest.mark.parametrize("text", ["", "maybe", "2", "truee"])
+def test_parse_switch_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="expected true or false"):
+        config.parse_switch(text)
+
+
+def test_switch_setting_names_the_key_and_keeps_defaults() -> None:
+    assert config.switch_setting({}, "ZEROPOD_X", True) is True
+    assert config.switch_setting({"ZEROPOD_X": " "}, "ZEROPOD_X", False) is False
+    assert config.switch_setting({"ZEROPOD_X": "off"}, "ZEROPOD_X", True) is False
+    with pytest.raises(ValueError, match="ZEROPOD_X"):
+        config.switch_setting({"ZEROPOD_X": "maybe"}, "ZEROPOD_X", True)
+
+
+# --- every command's --help reads well to a person ---------------------------------------
+
+
+@pytest.mark.parametrize("argv", [["zeropod-manager"], ["zeropod"], ["zeropod", "plugins"],
+                                  ["zeropod", "status"], ["zeropod", "demo"]])
+def test_help_is_plain_text_with_help_for_every_option(argv: list[str]) -> None:
+    import subprocess
+    import sys
+    binary = os.path.join(os.path.dirname(sys.executable), argv[0])
+    out = subprocess.run([binary, *argv[1:], "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    assert "``" not in out and ":param" not in out, out  # no raw reStructuredText
+    options = out.split("options:", 1)[1]
+    lines = [line for line in options.splitlines() if line.strip()]
+    for index, line in enumerate(lines):
+        flag_only = line.strip().startswith("-") and "  " not in line.strip()
+        next_is_help = index + 1 < len(lines) and not lines[index + 1].strip().startswith("-")
+        assert not flag_only or next_is_help, f"option without help text: {line.strip()}"

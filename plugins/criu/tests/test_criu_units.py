@@ -29,23 +29,10 @@ from zeropod_criu.paths import ImagePaths, check_container_id, tree_size
 from zeropod_criu.settings import (
     PRE_DUMP_ANNOTATION,
     CriuSettings,
-    parse_bool,
     wants_pre_dump,
 )
 
 # --- settings ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("text", "value"), [("true", True), (" TRUE ", True), ("1", True),
-                                             ("yes", True), ("off", False), ("false", False)])
-def test_parse_bool(text: str, value: bool) -> None:
-    assert parse_bool(text) is value
-
-
-@pytest.mark.parametrize("text", ["", "maybe", "2", "truee"])
-def test_parse_bool_rejects(text: str) -> None:
-    with pytest.raises(ValueError, match="expected true or false"):
-        parse_bool(text)
 
 
 def test_settings_defaults_and_overrides() -> None:

@@ -44,11 +44,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zeropod", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="zeropod",
+        description="zeropod scales idle containers to zero and back without losing their "
+                    "state. This command lists the installed plugins, shows what the node's "
+                    "manager sees, and runs the self-contained demo.",
+        epilog="`zeropod <command> --help` describes each command.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     plugins = sub.add_parser("plugins", help="list plugins and their status as JSON")
-    plugins.add_argument("--role", choices=["all", *[r.value for r in RoleName]], default="all")
+    plugins.add_argument("--role", choices=["all", *[r.value for r in RoleName]], default="all",
+                         help="only the plugins of this process role (default: all)")
     plugins.add_argument("--hook", help="only plugins implementing this hook")
     plugins.set_defaults(func=_cmd_plugins)
 
@@ -61,7 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the manager's JSON")
     status.set_defaults(func=_cmd_status)
 
-    demo = sub.add_parser("demo", help="run the embedded default: a private containerd and an app")
+    demo = sub.add_parser("demo", help="run the embedded default: a private containerd and an app",
+                          description="Start a private containerd and the manager, run the "
+                                      "counter app under zeropod and show it scale down and "
+                                      "wake up with its state, with timings. Needs root.")
     demo.add_argument("--keep", action="store_true", help="leave everything running (debugging)")
     demo.set_defaults(func=_cmd_demo)
     return parser

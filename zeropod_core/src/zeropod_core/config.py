@@ -114,6 +114,33 @@ def parse_bool(text: str) -> bool:
     raise ValueError("not a boolean (true or false)")
 
 
+_SWITCH_ON = {"1", "true", "yes", "on"}
+_SWITCH_OFF = {"0", "false", "no", "off"}
+
+
+def parse_switch(value: str) -> bool:
+    """A plugin setting's on/off value: ``true``/``false``, ``1``/``0``, ``yes``/``no``,
+    ``on``/``off`` in any case; raises ValueError otherwise. One parser for every plugin, so
+    ``ZEROPOD_*`` switches read the same everywhere."""
+    text = value.strip().lower()
+    if text in _SWITCH_ON:
+        return True
+    if text in _SWITCH_OFF:
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def switch_setting(env: Mapping[str, str], key: str, default: bool) -> bool:
+    """The switch ``key`` of ``env`` (unset or blank: ``default``); ValueError names the key."""
+    raw = env.get(key, "")
+    if not raw.strip():
+        return default
+    try:
+        return parse_switch(raw)
+    except ValueError as exc:
+        raise ValueError(f"{key}: {exc}") from None
+
+
 def parse_port(text: str) -> int:
     port = int(text)
     if not 0 < port < 65536:

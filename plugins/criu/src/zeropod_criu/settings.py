@@ -37,32 +37,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from zeropod_core.config import parse_switch, switch_setting
+
 PRE_DUMP_ANNOTATION = "zeropod.ctrox.dev/pre-dump"
 NETWORK_LOCK_METHODS = ("skip", "nftables", "iptables")
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-
-def parse_bool(value: str) -> bool:
-    """``true``/``false`` (also 1/0, yes/no, on/off); raises ValueError otherwise."""
-    text = value.strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ValueError(f"expected true or false, got {value!r}")
-
-
-def _bool_setting(env: Mapping[str, str], key: str, default: bool) -> bool:
-    raw = env.get(key, "")
-    if not raw.strip():
-        return default
-    try:
-        return parse_bool(raw)
-    except ValueError as exc:
-        raise ValueError(f"{key}: {exc}") from None
-
 
 @dataclass(frozen=True)
 class CriuSettings:
@@ -95,13 +73,13 @@ class CriuSettings:
                              f"{', '.join(NETWORK_LOCK_METHODS)}, got {lock!r}")
         return cls(
             image_root=Path(root) if root else base.image_root,
-            prefreeze=_bool_setting(env, "ZEROPOD_CRIU_PREFREEZE", base.prefreeze),
-            kdat_cache=_bool_setting(env, "ZEROPOD_CRIU_KDAT", base.kdat_cache),
+            prefreeze=switch_setting(env, "ZEROPOD_CRIU_PREFREEZE", base.prefreeze),
+            kdat_cache=switch_setting(env, "ZEROPOD_CRIU_KDAT", base.kdat_cache),
             network_lock=lock,
-            file_locks=_bool_setting(env, "ZEROPOD_CRIU_FILE_LOCKS", base.file_locks),
-            ext_unix_sk=_bool_setting(env, "ZEROPOD_CRIU_EXT_UNIX_SK", base.ext_unix_sk),
+            file_locks=switch_setting(env, "ZEROPOD_CRIU_FILE_LOCKS", base.file_locks),
+            ext_unix_sk=switch_setting(env, "ZEROPOD_CRIU_EXT_UNIX_SK", base.ext_unix_sk),
             timeout_s=_positive_float(env, "ZEROPOD_CRIU_TIMEOUT", base.timeout_s),
-            masked_external=_bool_setting(env, "ZEROPOD_CRIU_MASKED_EXTERNAL",
+            masked_external=switch_setting(env, "ZEROPOD_CRIU_MASKED_EXTERNAL",
                                           base.masked_external),
         )
 
@@ -118,7 +96,7 @@ def wants_pre_dump(config: Mapping[str, object]) -> bool:
     """
     value = config.get(PRE_DUMP_ANNOTATION, False)
     if isinstance(value, str):
-        return parse_bool(value)
+        return parse_switch(value)
     return bool(value)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from zeropod_core import hookimpl
+from zeropod_core.config import parse_switch
 from zeropod_core.model import ContainerInfo
 from zeropod_core.plugins import PluginUnavailable
 from zeropod_core.providers import RuntimeHandle
@@ -37,7 +38,7 @@ from .features import CriuFeatures, detect_features
 from .kdat import ensure_kdat_cache
 from .node import NodeKey
 from .paths import ImagePaths, make_private_dir
-from .settings import PRE_DUMP_ANNOTATION, CriuSettings, parse_bool
+from .settings import PRE_DUMP_ANNOTATION, CriuSettings
 from .task_api import RuncTaskCheckpointer
 
 log = logging.getLogger("zeropod.criu.shim")
@@ -68,7 +69,7 @@ def zeropod_register_annotations(
     register: Callable[[str, Callable[[str], object], str | None, str], None],
 ) -> None:
     """The pre-dump switch."""
-    register(PRE_DUMP_ANNOTATION, parse_bool, "false",
+    register(PRE_DUMP_ANNOTATION, parse_switch, "false",
              "true/false: copy the memory while the app runs, then dump only the pages changed "
              "since (needs CRIU memory tracking; ignored where the kernel lacks it)")
 

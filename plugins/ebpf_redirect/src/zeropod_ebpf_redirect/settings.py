@@ -26,24 +26,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from zeropod_core.config import parse_switch
+
 from .ports import DEFAULT_POOL, PortRange
 
 ANNOTATION_IGNORE_LOCALHOST = "zeropod.ctrox.dev/tracker-ignore-localhost"
 ANNOTATION_IGNORE_SOURCES = "zeropod.ctrox.dev/tracker-ignore-sources"
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-
-def parse_bool(value: str) -> bool:
-    """``true``/``false`` (also 1/0, yes/no, on/off); raises ValueError otherwise."""
-    text = value.strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ValueError(f"expected true or false, got {value!r}")
-
 
 def parse_addresses(value: str) -> tuple[str, ...]:
     """Comma-separated IPv4/IPv6 addresses, normalised; raises ValueError on a bad one."""
@@ -79,7 +67,7 @@ class PluginSettings:
         ifaces = tuple(i.strip() for i in env.get("ZEROPOD_BPF_IFACES", "").split(",")
                        if i.strip())
         tracker = TrackerFilter(
-            ignore_localhost=parse_bool(env["ZEROPOD_TRACKER_IGNORE_LOCALHOST"])
+            ignore_localhost=parse_switch(env["ZEROPOD_TRACKER_IGNORE_LOCALHOST"])
             if "ZEROPOD_TRACKER_IGNORE_LOCALHOST" in env else base.tracker.ignore_localhost,
             ignore_sources=parse_addresses(env.get("ZEROPOD_TRACKER_IGNORE_SOURCES", "")),
         )
@@ -101,7 +89,7 @@ class PluginSettings:
         """The tracker filter for a container: the process default, overridden by annotations."""
         tracker = self.tracker
         if ANNOTATION_IGNORE_LOCALHOST in annotations:
-            tracker = replace(tracker, ignore_localhost=parse_bool(
+            tracker = replace(tracker, ignore_localhost=parse_switch(
                 annotations[ANNOTATION_IGNORE_LOCALHOST]))
         if ANNOTATION_IGNORE_SOURCES in annotations:
             tracker = replace(tracker, ignore_sources=parse_addresses(

@@ -32,6 +32,8 @@ def require_object(path: Path = OBJECT_PATH) -> None:
 require_object()
 
 # Imported after the check: a plugin without its object should fail with the reason above.
+from zeropod_core.config import parse_switch  # noqa: E402
+
 from .netns import is_host_netns  # noqa: E402
 from .pod import Pod, PodRegistry  # noqa: E402
 from .redirector import EbpfRedirector  # noqa: E402
@@ -41,7 +43,6 @@ from .settings import (  # noqa: E402
     PluginSettings,
     TrackerFilter,
     parse_addresses,
-    parse_bool,
 )
 from .tracker import EbpfActivityTracker  # noqa: E402
 
@@ -66,7 +67,7 @@ def zeropod_register_annotations(
     register: Callable[[str, Callable[[str], object], str | None, str], None],
 ) -> None:
     """Per-pod overrides of which peers do not count as activity."""
-    register(ANNOTATION_IGNORE_LOCALHOST, parse_bool, None,
+    register(ANNOTATION_IGNORE_LOCALHOST, parse_switch, None,
              "true/false: traffic from loopback (127.0.0.0/8, ::1) does not count as activity "
              "(default: ZEROPOD_TRACKER_IGNORE_LOCALHOST, true)")
     register(ANNOTATION_IGNORE_SOURCES, parse_addresses, None,

@@ -7,7 +7,8 @@ delete it (the CRI plugin answers ``kubectl exec`` only after that EOF). This cl
 same through containerd's gRPC Tasks API, so the conformance suite can hold both runtimes to it.
 
 Containers themselves are made with ``ctr containers create`` (snapshot + spec), then their
-spec is adjusted here (the lab's cgroup parent) with ``Containers.Update``.
+spec is adjusted here (command, the lab's cgroup parent, user) with ``Containers.Update``:
+see :class:`ApiContainers`.
 """
 
 from __future__ import annotations
@@ -15,20 +16,24 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import select
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import any_pb2, empty_pb2, field_mask_pb2
 from google.protobuf.message import Message
 
 from zeropod_core.api import containers_service, snapshots_service, tasks_service
+
+if TYPE_CHECKING:
+    from .containerd import PrivateContainerd
 
 PROCESS_SPEC = "types.containerd.io/opencontainers/runtime-spec/1/Process"
 CHECKPOINT_MEDIA_TYPE = "application/vnd.containerd.container.criu.checkpoint.criu.tar"
@@ -232,21 +237,70 @@ class ContainerdClient:
         return self._tasks("Delete", tasks_service.DeleteTaskRequest(
             container_id=container_id), tasks_service.DeleteResponse)
 
-    @contextlib.contextmanager
-    def task_removed_after(self, container_id: str) -> Iterator[None]:
-        """Kill and delete the task at the end, whatever happened (errors ignored)."""
-        try:
-            yield
-        finally:
-            with contextlib.suppress(grpc.RpcError):
-                self.kill(container_id, 9, all=True)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                try:
-                    if self.get(container_id).status == 3:  # STOPPED
-                        break
-                except grpc.RpcError:
+    def remove_task(self, container_id: str) -> None:
+        """Kill and delete the container's task if it has one (errors ignored)."""
+        with contextlib.suppress(grpc.RpcError):
+            self.kill(container_id, 9, all=True)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if self.get(container_id).status == 3:  # STOPPED
                     break
-                time.sleep(0.02)
-            with contextlib.suppress(grpc.RpcError):
-                self.delete(container_id)
+            except grpc.RpcError:
+                break
+            time.sleep(0.02)
+        with contextlib.suppress(grpc.RpcError):
+            self.delete(container_id)
+
+
+@dataclass
+class ApiContainers:
+    """Container records for tasks the test drives itself through :class:`ContainerdClient`.
+
+    ``ctr containers create`` makes the snapshot and the spec (ctr 1.6 takes no command there),
+    then the spec gets the command, the lab's cgroup parent and the user. :meth:`remove_all`
+    deletes tasks and records.
+    """
+
+    daemon: PrivateContainerd
+    client: ContainerdClient
+    made: list[str] = field(default_factory=list)
+
+    def create(self, image: str, command: list[str] | None = None, *, runtime: str,
+               tty: bool = False, namespaces: Mapping[str, str] | None = None,
+               annotations: Mapping[str, str] | None = None,
+               env: Mapping[str, str] | None = None,
+               user: tuple[int, int] | None = None) -> str:
+        """A new container record; returns its id.
+
+        :param namespaces: namespaces to join, e.g. ``{"network": <netns path>}``.
+        """
+        container_id = f"gc-{secrets.token_hex(4)}"
+        args = ["containers", "create", "--runtime", runtime]
+        if tty:
+            args.append("--tty")
+        for kind, path in (namespaces or {}).items():
+            args += ["--with-ns", f"{kind}:{path}"]
+        for key, value in (annotations or {}).items():
+            args += ["--annotation", f"{key}={value}"]
+        for key, value in (env or {}).items():
+            args += ["--env", f"{key}={value}"]
+        self.daemon.ctr(*args, image, container_id)
+        self.made.append(container_id)
+        cgroup = f"/{self.daemon.cgroup_parent}/{container_id}"
+
+        def adjust(spec: dict[str, Any]) -> None:
+            if command:
+                spec["process"]["args"] = command
+            spec["linux"]["cgroupsPath"] = cgroup
+            if user is not None:
+                spec["process"]["user"] = {"uid": user[0], "gid": user[1]}
+
+        self.client.update_spec(container_id, adjust)
+        return container_id
+
+    def remove_all(self) -> None:
+        for container_id in reversed(self.made):
+            self.client.remove_task(container_id)
+            self.daemon.ctr("containers", "delete", container_id, check=False)
+        self.made.clear()

@@ -112,14 +112,26 @@ def _write_atomically(path: str, text: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="zeropod-manager", description=__doc__)
-    parser.add_argument("--socket-dir", default=os.environ.get("ZEROPOD_SOCKET_DIR",
-                                                               "/run/zeropod/s"))
-    parser.add_argument("--listen", default=os.environ.get("ZEROPOD_MANAGER_LISTEN",
-                                                           "127.0.0.1:8080"),
-                        help="host:port for /metrics, /healthz, /status (port 0: any)")
-    parser.add_argument("--ready-file", help="write the listen address here once serving")
-    parser.add_argument("--debug", action="store_true")
+    parser = argparse.ArgumentParser(
+        prog="zeropod-manager",
+        description="The per-node zeropod manager: connects to every zeropod shim on this "
+                    "node, merges their metrics and status, and serves /metrics, /healthz "
+                    "and /status over HTTP. Runs until SIGTERM or SIGINT; logs are JSON "
+                    "lines on stderr.",
+        epilog="Each option can also be set through the environment variable named in its "
+               "help. Plugins of the group zeropod.manager are loaded at start "
+               "(see `zeropod plugins --role manager`).")
+    parser.add_argument("--socket-dir", metavar="DIR",
+                        default=os.environ.get("ZEROPOD_SOCKET_DIR", "/run/zeropod/s"),
+                        help="folder where the shims' node API sockets appear "
+                             "(ZEROPOD_SOCKET_DIR; default: %(default)s)")
+    parser.add_argument("--listen", metavar="HOST:PORT",
+                        default=os.environ.get("ZEROPOD_MANAGER_LISTEN", "127.0.0.1:8080"),
+                        help="address of the HTTP endpoints; port 0 picks a free one "
+                             "(ZEROPOD_MANAGER_LISTEN; default: %(default)s)")
+    parser.add_argument("--ready-file", metavar="FILE",
+                        help="write the address actually listened on to FILE once serving")
+    parser.add_argument("--debug", action="store_true", help="log at debug level")
     args = parser.parse_args(argv)
     logs.set_context(component="manager", pid=os.getpid())
     logs.configure(sys.stderr, level=logging.DEBUG if args.debug else logging.INFO)

@@ -26,11 +26,9 @@ from dataclasses import dataclass
 from zeropod_core import config as cfg
 from zeropod_core.activator import Activator, ActivatorSettings
 from zeropod_core.hooks import ShimHooks
-from zeropod_core.model import ContainerStatus, Outcome, Phase, Trigger
+from zeropod_core.model import ContainerInfo, ContainerStatus, Outcome, Phase, Trigger
 from zeropod_core.ports import listening_ports
 from zeropod_core.providers import ActivityTracker, Checkpointer, Redirector, RestoredProcess
-
-from .process import Container
 
 log = logging.getLogger("zeropod.scaler")
 
@@ -82,14 +80,20 @@ class RestoreFailed(RuntimeError):
 class Scaler:
     """Scales one container to zero when idle and back on the next connection or exec."""
 
-    def __init__(self, *, container: Container, settings: ScalerSettings,
+    def __init__(self, *, info: ContainerInfo, init_pid: Callable[[], int],
+                 settings: ScalerSettings,
                  checkpointer: Checkpointer, fallback: Checkpointer,
                  redirector: Redirector | None, tracker: ActivityTracker | None,
                  hooks: ShimHooks, adopt: Callable[[int], None],
                  give_up: Callable[[int], None]) -> None:
-        """:param adopt: called with the new PID after a restore (the shim watches it).
-        :param give_up: called with an exit status when the container cannot come back."""
-        self.container, self.settings, self.hooks = container, settings, hooks
+        """:param info: the container.
+        :param init_pid: its init's current host PID (it changes on every restore).
+        :param adopt: called with the new PID after a restore (the shim watches it).
+        :param give_up: called with an exit status when the container cannot come back.
+
+        The scaler knows the container only through these, so it does not depend on the
+        shim's process model (which refers to its scaler)."""
+        self.info, self._init_pid, self.settings, self.hooks = info, init_pid, settings, hooks
         self.checkpointer, self.fallback = checkpointer, fallback
         self.redirector, self.tracker = redirector, tracker
         self._adopt, self._give_up = adopt, give_up
@@ -117,42 +121,42 @@ class Scaler:
     def begin(self) -> None:
         """The container's init was started: find its ports, start tracking, arm the timer."""
         self._setup = asyncio.get_running_loop().create_task(
-            self._set_up(), name=f"scaler-setup-{self.container.id}")
+            self._set_up(), name=f"scaler-setup-{self.info.id}")
         self._setup.add_done_callback(_log_failure)
 
     async def _set_up(self) -> None:
         await asyncio.sleep(min(SETUP_DELAY_S, self.settings.scaledown_s / 4))
         self.ports = list(self.settings.ports or await self._detect_ports())
         log.info("scale-to-zero on", extra={
-            "container": self.container.id, "ports": self.ports,
+            "container": self.info.id, "ports": self.ports,
             "scaledown_s": self.settings.scaledown_s,
             "checkpointer": type(self.checkpointer).__name__})
         if self.tracker is not None and self.ports:
             await self.tracker.track(self.ports)
         if self.redirector is not None and self.ports:
             self.activator = Activator(
-                netns_path=self.container.info.netns_path,
+                netns_path=self.info.netns_path,
                 ports=[(p, self.redirector.activator_port(p)) for p in self.ports],
                 restore=lambda: self.restore(Trigger.CONNECTION),
-                classify=lambda peek: self.hooks.classify_connection(self.container.info, peek),
+                classify=lambda peek: self.hooks.classify_connection(self.info, peek),
                 settings=self.settings.activator)
             await self.activator.start()
         else:
             log.warning("no redirector (or no ports): waking on traffic is off; the container "
                         "scales down on a plain timer and wakes only through exec",
-                        extra={"container": self.container.id})
+                        extra={"container": self.info.id})
         self.arm()
 
     async def _detect_ports(self) -> list[int]:
         """Poll /proc until the app listens (it may take a while to start)."""
         delay, deadline = 0.1, time.monotonic() + PORT_DETECTION_LIMIT_S
         while time.monotonic() < deadline and not self._stopped:
-            ports = listening_ports(self.container.init.pid)
+            ports = listening_ports(self._init_pid())
             if ports:
                 return ports
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
-        log.warning("no listening ports found", extra={"container": self.container.id})
+        log.warning("no listening ports found", extra={"container": self.info.id})
         return []
 
     # --- timer ------------------------------------------------------------------------------
@@ -165,7 +169,7 @@ class Scaler:
         if self._stopped or self.settings.scaledown_s <= 0:
             return
         self._timer = asyncio.get_running_loop().create_task(
-            self._count_down(), name=f"scaler-timer-{self.container.id}")
+            self._count_down(), name=f"scaler-timer-{self.info.id}")
         self._timer.add_done_callback(_log_failure)
 
     def idle_for(self) -> float:
@@ -193,7 +197,7 @@ class Scaler:
     # --- checkpoint -------------------------------------------------------------------------
 
     def _publish(self, phase: Phase, duration_s: float = 0.0, log_tail: str = "") -> None:
-        status = ContainerStatus(self.container.info, phase, time.time(), duration_s, log_tail)
+        status = ContainerStatus(self.info, phase, time.time(), duration_s, log_tail)
         self.hooks.phase_changed(status)
         for listener in self.status_listeners:
             listener(status)
@@ -214,24 +218,24 @@ class Scaler:
             self.phase = Phase.CHECKPOINTING
             if self.redirector is not None and self.activator is not None:
                 await self.redirector.redirect(self.ports)
-            self.hooks.before_checkpoint(self.container.info)
-            pid = self.container.init.pid
+            self.hooks.before_checkpoint(self.info)
+            pid = self._init_pid()
             exited = self._expected_exits[pid] = asyncio.get_running_loop().create_future()
             started = time.monotonic()
             try:
                 outcome = await self.checkpointer.checkpoint()
             except Exception as exc:
-                log.exception("checkpoint raised", extra={"container": self.container.id})
+                log.exception("checkpoint raised", extra={"container": self.info.id})
                 outcome = Outcome(ok=False, duration_s=time.monotonic() - started,
                                   error=str(exc))
             self.last_checkpoint = outcome
-            self.hooks.after_checkpoint(self.container.info, outcome)
+            self.hooks.after_checkpoint(self.info, outcome)
             if outcome.ok:
                 self.last_checkpoint_at = time.time()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(exited), EXIT_WAIT_S)
                 self.phase = Phase.SCALED_DOWN
-                log.info("scaled down", extra={"container": self.container.id,
+                log.info("scaled down", extra={"container": self.info.id,
                                                "duration_s": round(outcome.duration_s, 4),
                                                "image_bytes": outcome.image_bytes})
                 self._publish(Phase.SCALED_DOWN, outcome.duration_s)
@@ -242,7 +246,7 @@ class Scaler:
                 await self.redirector.release(self.ports)
             self.phase = Phase.RUNNING
             log.error("checkpoint failed, the app keeps running; later scale-downs kill it "
-                      "instead", extra={"container": self.container.id,
+                      "instead", extra={"container": self.info.id,
                                         "error": outcome.error, "log_tail": outcome.log_tail})
             self._publish(Phase.CHECKPOINT_FAILED, outcome.duration_s, outcome.log_tail)
             self.checkpointer = self.fallback
@@ -256,7 +260,7 @@ class Scaler:
             return
         if self._restoring is None or self._restoring.done():
             self._restoring = asyncio.get_running_loop().create_task(
-                self._restore(trigger), name=f"scaler-restore-{self.container.id}")
+                self._restore(trigger), name=f"scaler-restore-{self.info.id}")
         await asyncio.shield(self._restoring)
 
     async def _restore(self, trigger: Trigger) -> None:
@@ -264,7 +268,7 @@ class Scaler:
             if self.phase is not Phase.SCALED_DOWN:
                 return
             self.phase = Phase.RESTORING
-            self.hooks.before_restore(self.container.info, trigger)
+            self.hooks.before_restore(self.info, trigger)
             started = time.monotonic()
             try:
                 restored = await self.checkpointer.restore()
@@ -276,8 +280,8 @@ class Scaler:
             self.phase = Phase.RUNNING
             self.last_restore = restored.outcome
             self.last_restore_at = time.time()
-            self.hooks.after_restore(self.container.info, restored.outcome)
-            log.info("restored", extra={"container": self.container.id, "pid": restored.pid,
+            self.hooks.after_restore(self.info, restored.outcome)
+            log.info("restored", extra={"container": self.info.id, "pid": restored.pid,
                                         "trigger": trigger.value,
                                         "duration_s": round(restored.outcome.duration_s, 4)})
             self._publish(Phase.RUNNING, restored.outcome.duration_s)
@@ -286,16 +290,16 @@ class Scaler:
     async def _cold_start(self, error: Exception, duration_s: float) -> RestoredProcess:
         failed = Outcome(ok=False, duration_s=duration_s, error=str(error))
         self.restore_errors += 1
-        self.hooks.after_restore(self.container.info, failed)
+        self.hooks.after_restore(self.info, failed)
         log.error("restore failed, cold-starting the container", extra={
-            "container": self.container.id, "error": str(error)})
+            "container": self.info.id, "error": str(error)})
         self._publish(Phase.RESTORE_FAILED, duration_s, str(error)[-4000:])
         self.checkpointer = self.fallback
         try:
             return await self.fallback.restore()
         except Exception as exc:
             log.error("cold start failed too: the container exits",
-                      extra={"container": self.container.id, "error": str(exc)})
+                      extra={"container": self.info.id, "error": str(exc)})
             self._stopped = True
             self.phase = Phase.STOPPING
             self._give_up(1)

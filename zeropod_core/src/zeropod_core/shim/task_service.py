@@ -261,8 +261,8 @@ class TaskService:
                 fallback
         has_netns = bool(container.info.netns_path)
         return Scaler(
-            container=container, settings=settings, checkpointer=checkpointer,
-            fallback=fallback,
+            info=container.info, init_pid=lambda: container.init.pid, settings=settings,
+            checkpointer=checkpointer, fallback=fallback,
             redirector=self.hooks.make_redirector(container.info) if has_netns else None,
             tracker=self.hooks.make_activity_tracker(container.info) if has_netns else None,
             hooks=self.hooks, adopt=lambda pid: self._adopt(container, pid),
