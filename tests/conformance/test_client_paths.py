@@ -266,6 +266,28 @@ def test_create_options_io_owner(runtime: str, client: ContainerdClient,
     fifos.close()
 
 
+def test_create_options_shim_cgroup(runtime: str, client: ContainerdClient,
+                                    lab_containerd: PrivateContainerd,
+                                    make_container: MakeContainer) -> None:
+    """``shim_cgroup`` (containerd's ``WithShimCgroup``) puts the shim into that cgroup."""
+    cgroup = f"{lab_containerd.cgroup_parent}/shim-{runtime.split('.')[2]}"
+    created = []
+    for hierarchy in ("devices", "memory", "pids"):
+        folder = Path("/sys/fs/cgroup") / hierarchy / cgroup
+        folder.mkdir(parents=True, exist_ok=True)
+        created.append(folder)
+    container_id = make_container(["sleep", "30"])
+    packed = typeurl.pack(linux_runc.CreateOptions(shim_cgroup="/" + cgroup)) \
+        if runtime == ZEROPOD_RUNTIME else \
+        typeurl.pack(runc_options.Options(shim_cgroup="/" + cgroup))
+    fifos = client.fifos(container_id)
+    client.create_task(container_id, fifos, options=packed)
+    members = (created[0] / "cgroup.procs").read_text().split()
+    assert members, "the shim did not join the cgroup named in shim_cgroup"
+    assert all(Path(f"/proc/{pid}/cmdline").read_bytes().find(b"shim") >= 0 for pid in members)
+    fifos.close()
+
+
 @pytest.mark.parametrize("runtime", [ZEROPOD_RUNTIME])  # runc.v2 panics on this
 def test_unknown_create_options_fail_clearly(runtime: str, client: ContainerdClient,
                                              make_container: MakeContainer) -> None:

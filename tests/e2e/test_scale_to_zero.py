@@ -272,31 +272,63 @@ def test_masked_directories_stay_empty_and_read_only_across_restores(
     assert probe.stdout.count("Read-only file system") == len(after)
 
 
-def test_a_failed_checkpoint_keeps_the_app_serving_then_kill_mode(
+def _wait_logged(lab_containerd: PrivateContainerd, container_id: str, message: str,
+                 count: int = 1, timeout: float = 30) -> None:
+    """Wait until the shim logged ``message`` for the container ``count`` times."""
+    log = lab_containerd.base / "containerd.log"
+    deadline = time.monotonic() + timeout
+    while sum(1 for line in log.read_text().splitlines()
+              if message in line and container_id in line) < count:
+        assert time.monotonic() < deadline, f"not logged {count} times: {message}"
+        time.sleep(0.05)
+
+
+def _strict_criu_config(tmp_path: Path) -> dict[str, str]:
+    """A user's own CRIU configuration without tcp-close: CRIU refuses to dump an
+    established TCP connection, so a client holding one makes the checkpoint fail."""
+    strict = tmp_path / "criu-strict.conf"
+    strict.write_text("network-lock skip\n")
+    return {**FAST, "org.criu.config": str(strict)}
+
+
+def test_a_failed_checkpoint_keeps_the_app_serving_and_is_retried(
     lab_containerd: PrivateContainerd, lab_images: LabImages, pod_network: PodNetwork,
     run_container: Callable[..., LabContainer], tmp_path: Path
 ) -> None:
-    """CRIU refuses an established TCP connection without tcp-close (a user's own CRIU
-    configuration): the dump fails, the app keeps running with its state, and the container's
-    later scale-downs kill it instead (its next wake is a cold start)."""
-    strict = tmp_path / "criu-strict.conf"
-    strict.write_text("network-lock skip\n")
+    """The dump fails while a client holds a connection; the app keeps running with its state,
+    and once the connection is gone a later scale-down checkpoints it after all (not a kill:
+    the next wake still has the state)."""
     container = run_container(lab_images.counter, runtime=ZEROPOD_RUNTIME,
-                              annotations={**FAST, "org.criu.config": str(strict)})
+                              annotations=_strict_criu_config(tmp_path))
     wait_for_http(pod_network.client_path, pod_network.pod_ip, 8080, deadline_s=20)
     held = socket_in(pod_network.client_path)  # an idle, established connection
     held.settimeout(5)
     held.connect((pod_network.pod_ip, 8080))
     try:
-        log = lab_containerd.base / "containerd.log"
-        deadline = time.monotonic() + 15
-        while f'"container": "{container.id}", "error"' not in log.read_text() or \
-                "checkpoint failed" not in log.read_text():
-            assert time.monotonic() < deadline, "no failed checkpoint seen"
-            time.sleep(0.05)
+        _wait_logged(lab_containerd, container.id, "checkpoint failed, the app keeps running")
         assert pod_network.pod_pids()  # still running
     finally:
         held.close()  # the single-threaded app serves one connection at a time
     assert _count(pod_network) == 2  # same process, state intact
-    pod_network.wait_asleep()  # the next scale-down kills
+    pod_network.wait_asleep(timeout=30)  # retried after the back-off: a real checkpoint
+    assert _count(pod_network) == 3, "the retry must checkpoint, not kill"
+
+
+def test_checkpoints_are_given_up_after_three_failures_in_a_row(
+    lab_containerd: PrivateContainerd, lab_images: LabImages, pod_network: PodNetwork,
+    run_container: Callable[..., LabContainer], tmp_path: Path
+) -> None:
+    container = run_container(lab_images.counter, runtime=ZEROPOD_RUNTIME,
+                              annotations=_strict_criu_config(tmp_path))
+    wait_for_http(pod_network.client_path, pod_network.pod_ip, 8080, deadline_s=20)
+    held = socket_in(pod_network.client_path)
+    held.settimeout(5)
+    held.connect((pod_network.pod_ip, 8080))
+    try:  # back-offs of 2 s and 4 s between the three attempts
+        _wait_logged(lab_containerd, container.id, "giving up on checkpoints", timeout=40)
+        _wait_logged(lab_containerd, container.id, "app keeps running; retrying", count=2)
+    finally:
+        held.close()
+    assert _count(pod_network) == 2
+    pod_network.wait_asleep(timeout=30)  # now the scale-down kills
     assert _count(pod_network) == 1  # a cold start

@@ -3,8 +3,9 @@
 ::
 
     RUNNING --idle for scaledown-duration--> CHECKPOINTING --ok--> SCALED_DOWN
-       ^                                        | fail: RUNNING again, error recorded,
-       |                                        |       later scale-downs kill instead
+       ^                                        | fail: RUNNING again, error recorded, retried
+       |                                        |       with a back-off; after 3 failures in a
+       |                                        |       row later scale-downs kill instead
     RESTORING <--first connection or exec-- SCALED_DOWN
        | fail: cold start from the bundle; if that fails the container exits(1)
 
@@ -38,6 +39,11 @@ PORT_DETECTION_LIMIT_S = 300.0
 # app's own start-up; activity before it is covered by the timer's start anyway.
 SETUP_DELAY_S = 1.0
 EXIT_WAIT_S = 5.0
+# A failed checkpoint is retried at later scale-downs, each after a longer wait (the
+# scale-down duration doubled per failure, at most RETRY_BACKOFF_MAX_S); after this many
+# failures in a row the container is killed on scale-down instead (state lost on wake).
+CHECKPOINT_ATTEMPTS = 3
+RETRY_BACKOFF_MAX_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,8 @@ class Scaler:
         self.last_checkpoint_at = 0.0  # time.time() of the last successful checkpoint
         self.last_restore_at = 0.0
         self.checkpoint_errors = 0
+        self.failures_in_a_row = 0
+        self._retry_at = 0.0  # time.monotonic() before which no checkpoint is retried
         self.restore_errors = 0
         self.status_listeners: list[Callable[[ContainerStatus], None]] = []
         self._baseline = time.monotonic()
@@ -190,6 +198,10 @@ class Scaler:
             if busy or idle < self.settings.scaledown_s:
                 delay = max(self.settings.scaledown_s - idle, 0.05)
                 continue
+            backing_off = self._retry_at - time.monotonic()
+            if backing_off > 0:
+                delay = max(backing_off, 0.05)
+                continue
             self._timer = None
             await self.scale_down()
             return
@@ -231,6 +243,7 @@ class Scaler:
             self.last_checkpoint = outcome
             self.hooks.after_checkpoint(self.info, outcome)
             if outcome.ok:
+                self.failures_in_a_row = 0
                 self.last_checkpoint_at = time.time()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(exited), EXIT_WAIT_S)
@@ -245,12 +258,29 @@ class Scaler:
             if self.redirector is not None and self.activator is not None:
                 await self.redirector.release(self.ports)
             self.phase = Phase.RUNNING
-            log.error("checkpoint failed, the app keeps running; later scale-downs kill it "
-                      "instead", extra={"container": self.info.id,
-                                        "error": outcome.error, "log_tail": outcome.log_tail})
+            self._checkpoint_failed(outcome)
             self._publish(Phase.CHECKPOINT_FAILED, outcome.duration_s, outcome.log_tail)
-            self.checkpointer = self.fallback
         self.arm()
+
+    def _checkpoint_failed(self, outcome: Outcome) -> None:
+        """Retry later with a back-off, or give up on checkpoints after too many failures."""
+        self.failures_in_a_row += 1
+        details = {"container": self.info.id, "error": outcome.error,
+                   "log_tail": outcome.log_tail, "failures_in_a_row": self.failures_in_a_row}
+        if self.checkpointer is self.fallback:
+            log.error("scale-down failed, the app keeps running", extra=details)
+            return
+        if self.failures_in_a_row >= CHECKPOINT_ATTEMPTS:
+            log.error("checkpoint failed %d times in a row: giving up on checkpoints, later "
+                      "scale-downs kill the container (its state is lost on the next wake)",
+                      self.failures_in_a_row, extra=details)
+            self.checkpointer = self.fallback
+            return
+        backoff = min(self.settings.scaledown_s * 2 ** self.failures_in_a_row,
+                      RETRY_BACKOFF_MAX_S)
+        self._retry_at = time.monotonic() + backoff
+        log.warning("checkpoint failed, the app keeps running; retrying after %.1f s idle "
+                    "at the earliest", backoff, extra={**details, "retry_in_s": backoff})
 
     # --- restore ----------------------------------------------------------------------------
 
