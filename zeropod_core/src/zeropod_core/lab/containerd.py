@@ -8,6 +8,7 @@ created it). The daemon is started in the background, waited for, and stopped by
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -116,14 +117,31 @@ class PrivateContainerd:
     def runc_root(self) -> Path:
         return self.base / "runc"
 
+    @property
+    def major_version(self) -> int:
+        """The daemon's major version (1 for 1.6/1.7, 2 for 2.x): clients of each send
+        different option types, and tests send what the daemon's own client would."""
+        out = self.ctr("version").stdout
+        server = out.split("Server:", 1)[-1]
+        for line in server.splitlines():
+            if line.strip().startswith("Version:"):
+                return int(line.split(":", 1)[1].strip().lstrip("v").split(".")[0])
+        raise CtrError(f"no server version in `ctr version`:\n{out}")
+
     def bundle(self, container_id: str) -> Path:
         """The task's bundle folder (config.json, rootfs, the shim's ``address`` file)."""
         return self.base / "state" / "io.containerd.runtime.v2.task" / self.namespace / \
             container_id
 
     def shim_address(self, container_id: str) -> str:
-        """The socket path of the shim serving ``container_id``."""
-        return (self.bundle(container_id) / "address").read_text().removeprefix("unix://")
+        """The socket path of the shim serving ``container_id`` (its ``address`` file; shims
+        of containerd 2.x write ``bootstrap.json`` instead)."""
+        bundle = self.bundle(container_id)
+        try:
+            address = (bundle / "address").read_text()
+        except FileNotFoundError:
+            address = json.loads((bundle / "bootstrap.json").read_text())["address"]
+        return str(address).removeprefix("unix://")
 
     @property
     def node_socket_dir(self) -> Path:

@@ -12,6 +12,7 @@ from google.protobuf import any_pb2, empty_pb2
 from zeropod_core import ttrpc
 from zeropod_core.api import TASK_SERVICE, task
 
+TASK_SERVICE_V3 = "containerd.task.v3.Task"
 LINUX_RESOURCES = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
 
 
@@ -22,8 +23,11 @@ def update_resources(shim_address: str, container_id: str,
 
     async def call() -> None:
         async with await ttrpc.Client.connect(shim_address) as client:
-            await client.call(TASK_SERVICE, "Update",
-                              task.UpdateTaskRequest(id=container_id, resources=packed),
-                              empty_pb2.Empty, timeout=10)
+            request = task.UpdateTaskRequest(id=container_id, resources=packed)
+            try:
+                await client.call(TASK_SERVICE, "Update", request, empty_pb2.Empty, timeout=10)
+            except ttrpc.Unimplemented:  # containerd 2.x's runc shim: the same API as v3
+                await client.call(TASK_SERVICE_V3, "Update", request, empty_pb2.Empty,
+                                  timeout=10)
 
     asyncio.run(call())
