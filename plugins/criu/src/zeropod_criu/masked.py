@@ -37,14 +37,33 @@ def masked_tmpfs_dirs(pid: int, masked_paths: Iterable[str]) -> list[str]:
     return found
 
 
-def _mounted(path: Path) -> bool:
+def is_mounted_source(path: Path) -> bool:
+    """Whether what ``path`` shows *now* is a read-only tmpfs mounted right there.
+
+    A line in ``/proc/self/mountinfo`` is not enough: a mount over a parent folder (a node whose
+    ``/var/lib`` is mounted over after zeropod mounted its source) hides ours while the table
+    still lists it, and CRIU then binds a plain folder ("doesn't have a proper root mount").
+    So the device of the path itself must be that of a tmpfs mounted at the path.
+    """
+    try:
+        device = os.stat(path).st_dev
+    except OSError:
+        return False
+    wanted = f"{os.major(device)}:{os.minor(device)}"
     with open("/proc/self/mountinfo") as mounts:
-        return any(line.split()[4] == str(path) for line in mounts)
+        for line in mounts:
+            fields = line.split()
+            if fields[4] != str(path) or fields[2] != wanted:
+                continue
+            rest = fields[fields.index("-") + 1:]
+            if rest[0] == "tmpfs" and "ro" in rest[2].split(","):
+                return True
+    return False
 
 
 def ensure_source(path: Path) -> Path:
     """An empty tmpfs mounted read-only (superblock) at ``path``: what masked dirs bind to."""
-    if not _mounted(path):
+    if not is_mounted_source(path):
         path.mkdir(mode=0o555, parents=True, exist_ok=True)
         flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
         if _libc.mount(b"zeropod-masked", os.fsencode(path), b"tmpfs", ctypes.c_ulong(flags),
