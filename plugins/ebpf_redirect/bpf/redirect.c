@@ -103,7 +103,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16);
+	__uint(max_entries, 256); /* IGNORE_CAPACITY in maps.py */
 	__type(key, struct addr16); /* peer address whose traffic is not activity */
 	__type(value, __u8);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);

@@ -27,6 +27,7 @@ PIN_NAMES = MAP_NAMES + PROG_NAMES
 SETTING_FLAGS = 0
 SETTING_NETNS_COOKIE = 1
 FLAG_IGNORE_LOCALHOST = 1
+IGNORE_CAPACITY = 256  # max_entries of ignore_src in bpf/redirect.c
 
 # per-CPU counters (STAT_* in redirect.c)
 STAT_NAMES = ("ingress_seen", "ingress_redirected", "egress_seen", "egress_rewritten")

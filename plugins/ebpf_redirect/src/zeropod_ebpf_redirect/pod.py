@@ -30,6 +30,7 @@ from zeropod_core.model import ContainerInfo
 
 from . import bpffs, maps, netns
 from .maps import FLAG_IGNORE_LOCALHOST, SETTING_FLAGS, PodMaps
+from .node_addresses import NodeAddresses
 from .ports import ActivatorPorts
 from .settings import PluginSettings, TrackerFilter
 
@@ -89,6 +90,8 @@ class Pod:
         self.closed = False
         self.last_loader_result: dict[str, Any] | None = None
         self._filters: dict[str, TrackerFilter] = {}
+        self._node = NodeAddresses()
+        self._node_applied: frozenset[str] = frozenset()
         self._lock: asyncio.Lock | None = None
 
     # --- loading ---------------------------------------------------------------------------
@@ -170,13 +173,34 @@ class Pod:
             self._filters.pop(container_id, None)
         else:
             self._filters[container_id] = tracker
+        self._apply_filters()
+
+    def refresh_node_addresses(self) -> None:
+        """Follow the node's addresses (throttled): called whenever activity is read."""
+        if self.maps is not None and self._node_wanted() != self._node_applied:
+            self._apply_filters()
+
+    def _node_wanted(self) -> frozenset[str]:
+        if any(f.ignore_node for f in self._filters.values()):
+            return self._node.current()
+        return frozenset()
+
+    def _apply_filters(self) -> None:
         if self.maps is None:
             return
         flags = FLAG_IGNORE_LOCALHOST if any(
             f.ignore_localhost for f in self._filters.values()) else 0
         self.maps.settings.update(SETTING_FLAGS, flags)
-        wanted = {maps.unpack_addr(maps.pack_addr(a))
-                  for f in self._filters.values() for a in f.ignore_sources}
+        node = self._node_wanted()
+        configured = {a for f in self._filters.values() for a in f.ignore_sources}
+        room = maps.IGNORE_CAPACITY - len(configured)
+        if len(node - configured) > room:
+            log.warning("more node addresses than the ignore map holds; some still count as "
+                        "activity", extra={"pod": self.key, "node_addresses": len(node),
+                                           "capacity": maps.IGNORE_CAPACITY})
+        sources = configured | set(sorted(node - configured)[:max(room, 0)])
+        wanted = {maps.unpack_addr(maps.pack_addr(a)) for a in sources}
+        self._node_applied = node
         present = set(self.maps.ignore_src.keys())
         for address in present - wanted:
             self.maps.ignore_src.delete(address)

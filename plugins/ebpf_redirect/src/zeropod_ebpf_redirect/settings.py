@@ -10,7 +10,10 @@ builds them without the hook:
 * ``ZEROPOD_ACTIVATOR_PORTS`` (``32000-32767``): the activator port pool (see :mod:`.ports`).
 * ``ZEROPOD_TRACKER_IGNORE_LOCALHOST`` (``true``): loopback peers are not activity.
 * ``ZEROPOD_TRACKER_IGNORE_SOURCES`` (empty): comma-separated peer addresses that are not
-  activity (the node's and kubelet's addresses, so probes do not keep a pod awake).
+  activity, on top of the node's own.
+* ``ZEROPOD_TRACKER_IGNORE_NODE`` (``true``): the node's own addresses (every address of the
+  shim's network namespace, kept current) are not activity, so the kubelet's probes do not
+  keep a pod awake; no address needs configuring (see :mod:`.node_addresses`).
 * ``ZEROPOD_BPF_LOADER_TIMEOUT`` (``20``): seconds the loader helper may take.
 
 The two tracker settings can be overridden per pod with the annotations
@@ -26,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from zeropod_core.config import parse_switch
+from zeropod_core.config import parse_switch, switch_setting
 
 from .ports import DEFAULT_POOL, PortRange
 
@@ -48,6 +51,7 @@ class TrackerFilter:
 
     ignore_localhost: bool = True
     ignore_sources: tuple[str, ...] = ()
+    ignore_node: bool = True
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,8 @@ class PluginSettings:
             ignore_localhost=parse_switch(env["ZEROPOD_TRACKER_IGNORE_LOCALHOST"])
             if "ZEROPOD_TRACKER_IGNORE_LOCALHOST" in env else base.tracker.ignore_localhost,
             ignore_sources=parse_addresses(env.get("ZEROPOD_TRACKER_IGNORE_SOURCES", "")),
+            ignore_node=switch_setting(env, "ZEROPOD_TRACKER_IGNORE_NODE",
+                                       base.tracker.ignore_node),
         )
         return cls(
             bpf_root=Path(env.get("ZEROPOD_BPF_ROOT") or base.bpf_root),

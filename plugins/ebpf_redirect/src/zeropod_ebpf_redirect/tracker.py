@@ -61,6 +61,7 @@ class EbpfActivityTracker:
         maps = self._pod.maps_if_loaded()
         if maps is None:
             return None
+        self._pod.refresh_node_addresses()
         latest = max((maps.activity.lookup(port) or 0 for port in self._ports), default=0)
         return latest or None
 
