@@ -155,3 +155,45 @@ def test_healthz_reports_what_the_node_can_do(manager: LabManager) -> None:
     assert isinstance(features["pre_dump"], bool)
     assert features["pre_dump"] or "CONFIG_MEM_SOFT_DIRTY" in features["pre_dump_unavailable"]
     assert {p["name"]: p["status"] for p in capabilities["plugins"]}["metrics"] == "loaded"
+
+
+def test_orphaned_checkpoint_folders_are_removed_and_live_ones_kept(
+    lab_containerd: PrivateContainerd, lab_images: LabImages, pod_network: PodNetwork,
+    second_pod: PodNetwork, tmp_path: Path
+) -> None:
+    """A killed shim leaves its sleeping container's images behind; the manager removes
+    them (with a log line) and never touches the folder of a live, sleeping container."""
+    annotations = {"zeropod.ctrox.dev/scaledown-duration": "1s"}
+    live = lab_containerd.run(lab_images.counter, runtime=ZEROPOD_RUNTIME,
+                              netns=pod_network.pod_path, annotations=annotations)
+    doomed = lab_containerd.run(lab_images.counter, runtime=ZEROPOD_RUNTIME,
+                                netns=second_pod.pod_path, annotations=annotations)
+    try:
+        for net in (pod_network, second_pod):
+            wait_for_http(net.client_path, net.pod_ip, 8080, deadline_s=20)
+        doomed_shim = parent_pid(second_pod.pod_pids()[0])
+        for net in (pod_network, second_pod):
+            net.wait_asleep()
+        images = lab_containerd.image_root
+        assert (images / doomed.id / "snapshot" / "inventory.img").exists()
+        os.kill(doomed_shim, signal.SIGKILL)  # a crashed shim: nobody removes its images
+        unowned = images / "unowned-fresh"  # no owner file, recent: could be a Create right now
+        unowned.mkdir()
+        running = LabManager.start(lab_containerd.node_socket_dir, tmp_path, env={
+            "ZEROPOD_IMAGE_ROOT": str(images), "ZEROPOD_HOUSEKEEPING_INTERVAL": "0.3"})
+        try:
+            deadline = time.monotonic() + 15
+            while (images / doomed.id).exists():
+                assert time.monotonic() < deadline, "the orphaned images were not removed"
+                time.sleep(0.1)
+            assert "removed the checkpoint folder" in running.log_path.read_text()
+            time.sleep(1)  # a few more rounds: the live container's folder stays
+            assert (images / live.id / "snapshot" / "inventory.img").exists()
+            assert unowned.exists()
+        finally:
+            running.stop()
+            unowned.rmdir()
+        assert http_get(pod_network.client_path, pod_network.pod_ip, 8080).json()["count"] == 2
+    finally:
+        for container in (doomed, live):
+            container.remove()

@@ -573,3 +573,25 @@ async def test_failed_pause_still_dumps(tmp_path: Path) -> None:
     settings = CriuSettings(image_root=tmp_path / "i", kdat_cache=False)
     outcome = await _checkpointer(runtime, settings).checkpoint()
     assert outcome.ok and [c[0] for c in runtime.calls] == ["pause", "checkpoint"]
+
+
+# --- orphaned checkpoint folders ----------------------------------------------------------
+
+
+def test_find_orphans_touches_only_what_nothing_alive_owns(tmp_path: Path) -> None:
+    import subprocess
+
+    from zeropod_criu.orphans import UNOWNED_GRACE_S, find_orphans, write_owner
+
+    finished = subprocess.Popen(["true"])  # its PID names a process that is gone
+    finished.wait()
+    folders = {name: tmp_path / name for name in
+               ("listed", "owned-alive", "owned-dead", "unowned-new", "unowned-old", ".masked")}
+    for folder in folders.values():
+        folder.mkdir()
+    write_owner(folders["owned-alive"])  # this process
+    write_owner(folders["owned-dead"], pid=finished.pid)
+    write_owner(folders["listed"], pid=finished.pid)  # dead owner, but a shim reports it
+    old = time.time() - UNOWNED_GRACE_S - 10
+    os.utime(folders["unowned-old"], (old, old))
+    assert find_orphans(tmp_path, ["listed"]) == [folders["owned-dead"], folders["unowned-old"]]

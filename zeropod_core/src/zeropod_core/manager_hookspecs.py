@@ -77,6 +77,18 @@ def zeropod_sandbox_stopped(sandbox: ContainerInfo) -> None:
     """
 
 
+@hookspec
+def zeropod_node_housekeeping(node: NodeView) -> None:
+    """Periodic clean-up of what containers left on the node (e.g. orphaned images).
+
+    Called every ``ZEROPOD_HOUSEKEEPING_INTERVAL`` seconds (default 60; the first time once
+    the manager has looked for shims), in a worker thread: blocking file work is fine, but
+    touch only what ``node`` proves dead, and never anything of a container it lists.
+
+    :param node: a snapshot of every container of every shim the manager is connected to.
+    """
+
+
 @hookspec(firstresult=True)
 def zeropod_make_migration_service(settings: Mapping[str, str]) -> MigrationService | None:
     """Return the node-to-node migration endpoint, or None when migration is not installed.

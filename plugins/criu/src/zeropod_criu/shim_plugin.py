@@ -37,6 +37,7 @@ from .criuconf import CriuConfig, name_config_in_spec, write_config
 from .features import CriuFeatures, detect_features
 from .kdat import ensure_kdat_cache
 from .node import NodeKey
+from .orphans import write_owner
 from .paths import ImagePaths, make_private_dir
 from .settings import PRE_DUMP_ANNOTATION, CriuSettings
 from .task_api import RuncTaskCheckpointer
@@ -125,6 +126,7 @@ def zeropod_modify_spec(container: ContainerInfo, spec: dict[str, Any],
     paths = ImagePaths(settings.image_root, container.id)
     try:
         make_private_dir(paths.base)
+        write_owner(paths.base)  # the manager removes the folder once this shim is gone
         write_config(paths.criu_config, criu_config(settings))
     except OSError as exc:
         log.error("cannot write the CRIU configuration; not naming it in the spec",

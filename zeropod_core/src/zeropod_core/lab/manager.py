@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,12 @@ class LabManager:
     log_path: Path
 
     @classmethod
-    def start(cls, socket_dir: Path, workdir: Path, *, debug: bool = False) -> LabManager:
+    def start(cls, socket_dir: Path, workdir: Path, *, debug: bool = False,
+              env: Mapping[str, str] | None = None) -> LabManager:
+        """Start ``zeropod-manager`` for the shims in ``socket_dir``.
+
+        :param env: extra environment (``ZEROPOD_*`` settings of the manager and its plugins).
+        """
         ready = workdir / "manager.addr"
         ready.unlink(missing_ok=True)
         log_path = workdir / "manager.log"
@@ -31,7 +37,7 @@ class LabManager:
                 "--ready-file", str(ready), *(["--debug"] if debug else [])]
         with open(log_path, "ab") as log:
             process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                       start_new_session=True, env=dict(os.environ))
+                                       start_new_session=True, env={**os.environ, **(env or {})})
         deadline = time.monotonic() + 20
         while not ready.exists():
             if process.poll() is not None or time.monotonic() > deadline:

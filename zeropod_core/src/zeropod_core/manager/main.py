@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from zeropod_core import logs
@@ -28,12 +28,26 @@ from .node import Node
 
 log = logging.getLogger("zeropod.manager")
 
+HOUSEKEEPING_INTERVAL_S = 60.0
+
+
+@dataclass(frozen=True)
+class NodeSnapshot:
+    """The node's containers at one moment (what a housekeeping thread may read)."""
+
+    listed: tuple[ManagedContainer, ...]
+
+    def containers(self) -> Sequence[ManagedContainer]:
+        return self.listed
+
 
 class Manager:
     """The node manager: links to shims, plugins, HTTP endpoints."""
 
-    def __init__(self, socket_dir: str, pm: ZeropodPluginManager) -> None:
+    def __init__(self, socket_dir: str, pm: ZeropodPluginManager,
+                 housekeeping_s: float = HOUSEKEEPING_INTERVAL_S) -> None:
         self.pm = pm
+        self.housekeeping_s = housekeeping_s
         self.node = Node(socket_dir, self._status_changed)
         self.started = time.time()
         self.capabilities: dict[str, Any] = {}
@@ -87,6 +101,22 @@ class Manager:
         return json_body({"containers": [asdict(c) | {"samples": None}
                                          for c in self.node.containers()]})
 
+    async def housekeeping(self) -> None:
+        """Let plugins clean up after dead containers, once the view of the node is fresh."""
+        await self.node.refresh()
+        snapshot = NodeSnapshot(tuple(self.node.containers()))
+        for impl in reversed(self.pm.hook.zeropod_node_housekeeping.get_hookimpls()):
+            try:
+                await asyncio.to_thread(impl.function, node=snapshot)
+            except Exception:
+                log.exception("plugin hook failed", extra={
+                    "hook": "zeropod_node_housekeeping", "plugin": impl.plugin_name})
+
+    async def _housekeeping_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.housekeeping_s)
+            await self.housekeeping()
+
     async def run(self, host: str, port: int, ready_file: str | None = None) -> int:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -98,8 +128,10 @@ class Manager:
                                            "socket_dir": self.node.socket_dir})
         if ready_file:
             _write_atomically(ready_file, f"{address[0]}:{address[1]}\n")
+        housekeeping = loop.create_task(self._housekeeping_loop(), name="housekeeping")
         await stop.wait()
         log.info("manager stopping")
+        housekeeping.cancel()
         await self.http.close()
         await self.node.close()
         return 0
@@ -131,12 +163,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "(ZEROPOD_MANAGER_LISTEN; default: %(default)s)")
     parser.add_argument("--ready-file", metavar="FILE",
                         help="write the address actually listened on to FILE once serving")
+    parser.add_argument("--housekeeping-interval", metavar="SECONDS", type=float,
+                        default=float(os.environ.get("ZEROPOD_HOUSEKEEPING_INTERVAL",
+                                                     HOUSEKEEPING_INTERVAL_S)),
+                        help="how often plugins clean up after containers that are gone, "
+                             "e.g. orphaned checkpoint images (ZEROPOD_HOUSEKEEPING_INTERVAL; "
+                             "default: %(default)s)")
     parser.add_argument("--debug", action="store_true", help="log at debug level")
     args = parser.parse_args(argv)
     logs.set_context(component="manager", pid=os.getpid())
     logs.configure(sys.stderr, level=logging.DEBUG if args.debug else logging.INFO)
     host, _, port = args.listen.rpartition(":")
-    manager = Manager(args.socket_dir, make_plugin_manager(RoleName.MANAGER))
+    manager = Manager(args.socket_dir, make_plugin_manager(RoleName.MANAGER),
+                      housekeeping_s=args.housekeeping_interval)
     manager.setup()
     return asyncio.run(manager.run(host or "127.0.0.1", int(port), args.ready_file))
 
