@@ -22,6 +22,7 @@ from zeropod_core.api import linux_runc, runc_options, typeurl
 from zeropod_core.lab.containerd import ZEROPOD_RUNTIME, PrivateContainerd
 from zeropod_core.lab.grpcclient import ApiContainers, ContainerdClient
 from zeropod_core.lab.pytest_plugin import LabImages
+from zeropod_core.procfs import is_alive
 
 pytestmark = pytest.mark.containerd
 
@@ -177,16 +178,8 @@ def test_sigkill_leaves_no_process_behind(client: ContainerdClient,
     client.kill(container_id, 9)
     assert client.wait(container_id) == 137
     time.sleep(0.1)
-    alive = [pid for pid in pids if _alive(pid)]
+    alive = [pid for pid in pids if is_alive(pid)]
     assert not alive, f"processes of the container outlived the reported exit: {alive}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
 
 
 # --- 4. checkpoint and restore through containerd's API ------------------------------------

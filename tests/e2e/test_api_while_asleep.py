@@ -73,6 +73,19 @@ def _wait_asleep(client: ContainerdClient, container_id: str, timeout: float = 2
     return pid
 
 
+def _start_counter(client: ContainerdClient, records: ApiContainers, lab_images: LabImages,
+                   pod_network: PodNetwork) -> tuple[str, Fifos]:
+    """The counter app under zeropod in the pod namespace, answering (one request counted)."""
+    container_id = records.create(
+        lab_images.counter, runtime=ZEROPOD_RUNTIME,
+        namespaces={"network": str(pod_network.pod_path)}, annotations=FAST)
+    fifos = client.fifos(container_id)
+    client.create_task(container_id, fifos)
+    client.start(container_id)
+    wait_for_http(pod_network.client_path, pod_network.pod_ip, 8080, deadline_s=20)
+    return container_id, fifos
+
+
 def _ticks(data: bytes) -> list[int]:
     return [int(line.split()[1]) for line in data.decode().splitlines()
             if line.startswith("tick ")]
@@ -115,13 +128,7 @@ def test_output_reaches_the_same_fifos_across_checkpoints(
 def test_exec_through_the_api_wakes_and_its_output_ends(
         client: ContainerdClient, records: ApiContainers, lab_images: LabImages,
         pod_network: PodNetwork) -> None:
-    container_id = records.create(
-        lab_images.counter, runtime=ZEROPOD_RUNTIME,
-        namespaces={"network": str(pod_network.pod_path)}, annotations=FAST)
-    init_fifos = client.fifos(container_id)
-    client.create_task(container_id, init_fifos)
-    client.start(container_id)
-    wait_for_http(pod_network.client_path, pod_network.pod_ip, 8080, deadline_s=20)
+    container_id, init_fifos = _start_counter(client, records, lab_images, pod_network)
     _wait_asleep(client, container_id)
     fifos = client.fifos(f"{container_id}-x")
     client.exec(container_id, "x", ["/usr/bin/python3", "-c",
@@ -141,13 +148,7 @@ def test_checkpoint_api_wakes_a_sleeping_container_and_restores_its_state(
         return int(http_get(pod_network.client_path, pod_network.pod_ip, 8080, "/").json()
                    ["count"])
 
-    container_id = records.create(
-        lab_images.counter, runtime=ZEROPOD_RUNTIME,
-        namespaces={"network": str(pod_network.pod_path)}, annotations=FAST)
-    fifos = client.fifos(container_id)
-    client.create_task(container_id, fifos)
-    client.start(container_id)
-    wait_for_http(pod_network.client_path, pod_network.pod_ip, 8080, deadline_s=20)
+    container_id, fifos = _start_counter(client, records, lab_images, pod_network)
     assert count() == 2  # wait_for_http counted one
     old_pid = _wait_asleep(client, container_id)
     client.pause(container_id)  # as containerd's client does around a checkpoint

@@ -23,20 +23,12 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from zeropod_core.procfs import process_start
+
 log = logging.getLogger("zeropod.criu.orphans")
 
 OWNER_FILE = "owner"
 UNOWNED_GRACE_S = 3600.0
-
-
-def process_start(pid: int) -> str | None:
-    """Field 22 of ``/proc/<pid>/stat`` (start time in ticks): tells a PID from a reused one."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rpartition(")")[2].split()
-    return fields[19] if len(fields) > 19 else None
 
 
 def write_owner(folder: Path, pid: int | None = None) -> None:
