@@ -93,9 +93,13 @@ class Node:
                 found[rel] = path.read_bytes()
         return found
 
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        argv = [str(INSTALLER), "--host-root", str(self.root), "--containerd-version",
-                self.containerd.version, "--shim", self.SHIM, "--criu", self.CRIU, *args]
+    def run(self, *args: str, check: bool = True,
+            version: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run the installer (with ``--containerd-version`` unless ``version`` is False)."""
+        argv = [str(INSTALLER), "--host-root", str(self.root), "--shim", self.SHIM,
+                "--criu", self.CRIU, *args]
+        if version:
+            argv += ["--containerd-version", self.containerd.version]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         if check and proc.returncode != 0:
             raise AssertionError(f"zeropod-installer exited {proc.returncode}:\n{proc.stderr}")
