@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -98,3 +99,42 @@ def test_restart_hint_without_systemd(make_node: Callable[[Containerd], Node],
     node.uninstall()
     proc = node.run("--restart", "never")
     assert '"restart": "needed"' in proc.stdout
+
+
+def test_payload_is_copied_to_the_same_path(make_node: Callable[[Containerd], Node],
+                                            containerd2: Containerd, tmp_path: Path) -> None:
+    """--payload (the DaemonSet's node image): the folder lands at the same path on the node,
+    incrementally, and uninstalling removes exactly it."""
+    node = make_node(containerd2)
+    source = tmp_path / "image" / "opt" / "zeropod" / "node"
+    (source / "bin").mkdir(parents=True)
+    (source / "criu").mkdir()
+    for program in ("bin/containerd-shim-zeropod-v2", "criu/criu"):
+        (source / program).write_bytes(b"#!/bin/sh\n")
+        (source / program).chmod(0o755)
+    (source / "bin" / "python3").symlink_to("python3.11")
+    (source / "stale").write_text("old")
+    args = ("--payload", str(source), "--shim", f"{source}/bin/containerd-shim-zeropod-v2",
+            "--criu", f"{source}/criu/criu")
+    copy = node.path(str(source))
+    summary = node.install(*args)
+    assert summary["payload_copied"] is True
+    assert os.readlink(copy / "bin" / "python3") == "python3.11"
+    assert os.access(copy / "criu" / "criu", os.X_OK)
+    assert os.readlink(node.path("/opt/zeropod/bin/criu")) == f"{source}/criu/criu"
+    assert node.install(*args)["payload_copied"] is False
+
+    (source / "stale").unlink()
+    (source / "bin" / "containerd-shim-zeropod-v2").write_bytes(b"#!/bin/sh\nexit 0\n")
+    assert node.install(*args)["payload_copied"] is True
+    assert not (copy / "stale").exists()
+    assert (copy / "bin" / "containerd-shim-zeropod-v2").read_bytes().endswith(b"exit 0\n")
+
+    removed = json.loads(node.run("--uninstall", *args).stdout)
+    assert removed["payload_removed"] is True and not copy.exists()
+
+    copy.mkdir(parents=True)
+    (copy / "mine").write_text("not the installer's")
+    proc = node.run(*args, check=False)
+    assert proc.returncode == 1
+    assert f"{source} exists on the node and was not copied by zeropod-installer" in proc.stderr

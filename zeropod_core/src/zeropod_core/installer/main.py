@@ -2,7 +2,9 @@
 
 Steps, each idempotent (a second run changes nothing and restarts nothing):
 
-1. links ``<opt>/bin/containerd-shim-zeropod-v2`` and ``<opt>/bin/criu`` (see :mod:`.links`);
+1. with ``--payload``, copies that folder (shim, CRIU, Python) from the installer's image to
+   the same path on the node (see :mod:`.payload`); links
+   ``<opt>/bin/containerd-shim-zeropod-v2`` and ``<opt>/bin/criu`` (see :mod:`.links`);
 2. configures containerd's runtime ``zeropod`` (see :mod:`.containerd_config`): runc.v2's
    options with ``runtime_path`` = the shim, ``CriuPath`` = the CRIU link, the node's runc
    cgroup driver (``SystemdCgroup``) and ``pod_annotations`` for zeropod's annotations;
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from . import containerd_config as cc
-from . import host, links
+from . import host, links, payload
 
 log = logging.getLogger("zeropod.installer")
 
@@ -53,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host-root", default="/", type=Path,
                         help="where the node's filesystem is mounted (default /; /host in the "
                              "DaemonSet); every other path is a path on the node")
+    parser.add_argument("--payload", help="a folder of this container to copy to the same path "
+                                          "on the node first (the DaemonSet's node image)")
     parser.add_argument("--shim", help="the containerd-shim-zeropod-v2 to link (default: the "
                                        "one installed next to this Python)")
     parser.add_argument("--criu", help="the criu to link (default: criu on PATH, resolved)")
@@ -101,6 +105,8 @@ def _sources(args: argparse.Namespace) -> tuple[str, str]:
                            if not on_node else "criu is not on PATH: install CRIU or pass --criu")
     for name, path in (("--shim", shim), ("--criu", criu)):
         target = args.host_root / path.lstrip("/")
+        if args.dry_run and args.payload and path.startswith(args.payload.rstrip("/") + "/"):
+            target = Path(path)  # not copied yet: look in the payload itself
         if not os.path.isabs(path) or not target.is_file() or not os.access(target, os.X_OK):
             raise InstallError(f"{name} {path}: not an executable file on the node")
     return shim, criu
@@ -134,6 +140,8 @@ def _restart(args: argparse.Namespace, changed: bool) -> str:
 def install(args: argparse.Namespace) -> dict[str, Any]:
     version = _version(args, required=True)
     assert version is not None
+    copied = bool(args.payload) and payload.sync(args.host_root, args.payload,
+                                                 dry_run=args.dry_run)
     shim, criu = _sources(args)
     config = cc.ContainerdConfig(args.host_root, args.config, version.major)
     effective = config.effective(config.files(clean=True))
@@ -155,7 +163,7 @@ def install(args: argparse.Namespace) -> dict[str, Any]:
     return {"action": "install", "containerd": version.text, "config_version": effective.version,
             "systemd_cgroup": systemd, "runtime_path": runtime.shim,
             "changed_files": [c.path for c in changes], "changed_links": linked,
-            "restart": _restart(args, bool(changes))}
+            "payload_copied": copied, "restart": _restart(args, bool(changes))}
 
 
 def uninstall(args: argparse.Namespace) -> dict[str, Any]:
@@ -176,9 +184,11 @@ def uninstall(args: argparse.Namespace) -> dict[str, Any]:
         _show(changes)
     else:
         cc.apply(args.host_root, changes)
+    removed_payload = bool(args.payload) and payload.remove(args.host_root, args.payload,
+                                                            dry_run=args.dry_run)
     return {"action": "uninstall", "containerd": version.text if version else None,
             "changed_files": [c.path for c in changes], "changed_links": removed,
-            "restart": _restart(args, bool(changes))}
+            "payload_removed": removed_payload, "restart": _restart(args, bool(changes))}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -191,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         summary = uninstall(args) if args.uninstall else install(args)
-    except (InstallError, cc.ConfigError, ValueError, OSError) as exc:
+    except (InstallError, cc.ConfigError, payload.PayloadError, ValueError, OSError) as exc:
         log.error("failed", extra={"error": str(exc)})
         print(f"zeropod-installer: {exc}", file=sys.stderr)
         return 1
