@@ -49,10 +49,17 @@ def test_validate_rejects_mistakes() -> None:
     """The schema check is strict: a misspelt field, a wrong type, a missing name."""
     daemonset = manifests.find(manifests.render(), "DaemonSet", "zeropod-node")
     container = daemonset["spec"]["template"]["spec"]["containers"][0]
-    for mistake, message in ((lambda c: c.update(imagePullpolicy="Never"), "unknown field"),
-                             (lambda c: c["ports"][0].update(containerPort="8080"),
-                              "expected int"),
-                             (lambda c: c.pop("name"), "name")):
+    def misspelt(c: dict[str, Any]) -> None:
+        c["imagePullpolicy"] = "Never"
+
+    def string_port(c: dict[str, Any]) -> None:
+        c["ports"][0]["containerPort"] = "8080"
+
+    def no_name(c: dict[str, Any]) -> None:
+        del c["name"]
+
+    for mistake, message in ((misspelt, "unknown field"), (string_port, "expected int"),
+                             (no_name, "name")):
         broken = json.loads(json.dumps(daemonset))
         mistake(broken["spec"]["template"]["spec"]["containers"][0])
         with pytest.raises(manifests.RenderError, match=message):
