@@ -140,9 +140,6 @@ def _restart(args: argparse.Namespace, changed: bool) -> str:
 def install(args: argparse.Namespace) -> dict[str, Any]:
     version = _version(args, required=True)
     assert version is not None
-    copied = bool(args.payload) and payload.sync(args.host_root, args.payload,
-                                                 dry_run=args.dry_run)
-    shim, criu = _sources(args)
     config = cc.ContainerdConfig(args.host_root, args.config, version.major)
     effective = config.effective(config.files(clean=True))
     systemd = (effective.runc_systemd_cgroup() if args.cgroup_driver == "auto"
@@ -150,7 +147,10 @@ def install(args: argparse.Namespace) -> dict[str, Any]:
     opt = os.path.normpath(args.opt)
     runtime = cc.RuntimeSpec(shim=f"{opt}/bin/{links.SHIM_BINARY}", criu=f"{opt}/bin/criu",
                              systemd_cgroup=systemd)
-    changes = config.plan(runtime)
+    changes = config.plan(runtime)  # a configuration it cannot handle stops it here
+    copied = bool(args.payload) and payload.sync(args.host_root, args.payload,
+                                                 dry_run=args.dry_run)
+    shim, criu = _sources(args)
     linked = [link.path for link in links.opt_links(opt, shim, criu, effective.opt_path)
               if links.ensure(args.host_root, link, dry_run=args.dry_run)]
     if args.dry_run:
