@@ -320,7 +320,7 @@ def _glob_match(path: str, pattern: str) -> bool:
 
 
 def _default_runc_v1(cri_key: str) -> str:
-    """containerd 1.6/1.7's default ``runc`` runtime, as ``containerd config default`` shows it."""
+    """containerd 1.6/1.7's default ``runc`` runtime, as their ``config default`` shows it."""
     table = f"[plugins.{tomltext.toml_string(cri_key)}.containerd.runtimes.runc]"
     options = "".join(f"    {key} = {value}\n" for key, value in (
         ("BinaryName", '""'), ("CriuImagePath", '""'), ("CriuPath", '""'),
@@ -328,8 +328,9 @@ def _default_runc_v1(cri_key: str) -> str:
         ("NoPivotRoot", "false"), ("Root", '""'), ("ShimCgroup", '""'),
         ("SystemdCgroup", "false")))
     return (f"# containerd's default runtime, restated: containerd 1.x drops it when a file\n"
-            f"# lists any runtime\n"
-            f"{table}\n  runtime_type = {tomltext.toml_string(RUNC_V2)}\n\n"
+            f"# lists any runtime (1.6 ignores sandbox_mode, 1.7 has it)\n"
+            f"{table}\n  runtime_type = {tomltext.toml_string(RUNC_V2)}\n"
+            f"  sandbox_mode = \"podsandbox\"\n\n"
             f"  [plugins.{tomltext.toml_string(cri_key)}.containerd.runtimes.runc.options]\n"
             f"{options}\n")
 
