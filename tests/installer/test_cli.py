@@ -84,8 +84,7 @@ def test_containerd_version_is_asked(make_node: Callable[[Containerd], Node],
     node = make_node(containerd2)  # a node folder without a containerd binary
     proc = node.run(check=False, version=False)
     assert proc.returncode == 1
-    assert f"cannot run chroot {node.root} containerd --version" in proc.stderr or \
-        f"chroot {node.root} containerd --version exited" in proc.stderr
+    assert f"cannot run containerd --version (chrooted into {node.root})" in proc.stderr
     assert "pass --containerd-version" in proc.stderr
 
 

@@ -1,13 +1,16 @@
 """What the installer asks the node: containerd's version, and restarting containerd.
 
 With ``root`` other than ``/`` (the node's filesystem mounted into a container), the node's own
-binaries run through ``chroot``, so they find their libraries and the node's systemd.
+binaries run chrooted into it (``chroot(2)`` in the child, so the image needs no ``chroot``
+program), so they find their libraries and the node's systemd.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,27 +35,38 @@ class Version:
         return cls(text.strip(), int(match[1]), int(match[2]))
 
 
-def _command(root: Path, argv: list[str]) -> list[str]:
-    return argv if str(root) == "/" else ["chroot", str(root), *argv]
+def _run(root: Path, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run a program of the node (chrooted into ``root`` unless it is ``/``)."""
+    enter: Callable[[], None] | None = None
+    if str(root) != "/":
+        def enter() -> None:
+            os.chroot(root)
+            os.chdir("/")
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, preexec_fn=enter)
+
+
+def _describe(root: Path, argv: list[str]) -> str:
+    return " ".join(argv) + ("" if str(root) == "/" else f" (chrooted into {root})")
 
 
 def containerd_version(root: Path, binary: str = "containerd") -> Version:
     """``containerd --version`` of the node, e.g. ``containerd github.com/containerd/containerd
     1.6.20~ds1 1.6.20~ds1-1+deb12u3`` -> 1.6.20~ds1."""
-    argv = _command(root, [binary, "--version"])
+    argv = [binary, "--version"]
+    what = _describe(root, argv)
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=30,
-                              stdin=subprocess.DEVNULL)
+        proc = _run(root, argv, 30)
     except (OSError, subprocess.SubprocessError) as exc:
-        raise HostError(f"cannot run {' '.join(argv)}: {exc}; pass --containerd-version") from exc
+        raise HostError(f"cannot run {what}: {exc}; pass --containerd-version") from exc
     fields = proc.stdout.split()
     if proc.returncode != 0 or len(fields) < 3:
-        raise HostError(f"{' '.join(argv)} exited {proc.returncode}: "
+        raise HostError(f"{what} exited {proc.returncode}: "
                         f"{(proc.stderr or proc.stdout).strip()[:300]}; pass --containerd-version")
     try:
         return Version.parse(fields[2])
     except ValueError as exc:
-        raise HostError(f"{' '.join(argv)}: {exc}; pass --containerd-version") from exc
+        raise HostError(f"{what}: {exc}; pass --containerd-version") from exc
 
 
 def has_systemd(root: Path) -> bool:
@@ -62,12 +76,12 @@ def has_systemd(root: Path) -> bool:
 
 def restart_containerd(root: Path, unit: str) -> None:
     """``systemctl restart <unit>`` on the node."""
-    argv = _command(root, ["systemctl", "restart", unit])
+    argv = ["systemctl", "restart", unit]
+    what = _describe(root, argv)
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120,
-                              stdin=subprocess.DEVNULL)
+        proc = _run(root, argv, 120)
     except (OSError, subprocess.SubprocessError) as exc:
-        raise HostError(f"cannot run {' '.join(argv)}: {exc}") from exc
+        raise HostError(f"cannot run {what}: {exc}") from exc
     if proc.returncode != 0:
-        raise HostError(f"{' '.join(argv)} exited {proc.returncode}: "
+        raise HostError(f"{what} exited {proc.returncode}: "
                         f"{(proc.stderr or proc.stdout).strip()[:500]}")
