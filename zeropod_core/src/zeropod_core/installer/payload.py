@@ -3,8 +3,8 @@
 The payload is a folder whose programs refer to each other by absolute paths (the shim's
 interpreter, CRIU's loader), so it is copied to the *same* path on the node. The copy is
 incremental (files with the same size, mtime and mode are skipped, files gone from the source
-are removed) and carries a marker file, so that a second run changes nothing and uninstalling
-removes only what the installer copied.
+are removed, except bytecode Python wrote there) and carries a marker file, so that a second
+run changes nothing and uninstalling removes only what the installer copied.
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ def sync(root: Path, source: str, *, dry_run: bool = False) -> bool:
         for folder, dirs, files in os.walk(dst, topdown=False):
             rel = Path(folder).relative_to(dst)
             for name in files + dirs:
-                if rel / name not in wanted and (rel / name) != Path(MARKER):
+                if rel / name not in wanted and (rel / name) != Path(MARKER) \
+                        and "__pycache__" not in (rel / name).parts:  # Python's own
                     changed = True
                     if not dry_run:
                         _remove(Path(folder) / name)
