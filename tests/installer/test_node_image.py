@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -96,6 +97,19 @@ def test_installer_from_the_image(image: str, lab_containerd: PrivateContainerd,
     statuses = {p["name"]: p["status"] for p in json.loads(plugins.stdout)}
     assert {"criu", "ebpf_redirect", "metrics"} <= set(statuses)
     assert set(statuses.values()) == {"loaded"}, statuses
+
+    # ... and scales a container to zero and back with its state, as a node's containerd
+    # would run it (its shim and CRIU only from the payload)
+    helper = Path(__file__).with_name("payload_scale_to_zero.py")
+    script = ('mount --bind "$1/opt/zeropod/node" /opt/zeropod/node && exec "$2" "$3"')
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                           script, "sh", str(node.root), sys.executable, str(helper)],
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["shim_cmdline"][0].startswith("/opt/zeropod/node/venv/bin/python"), result
+    assert result["checkpointed"] is True
+    assert result["after_wake"] == result["first"] + 1  # the in-memory count survived
 
     removed = _run(lab_containerd, image, [*argv, "--uninstall"], mount + caps)
     assert json.loads(removed.stdout)["payload_removed"] is True
