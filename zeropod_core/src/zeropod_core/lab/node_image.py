@@ -74,7 +74,9 @@ def node_image_spec(payload: Path) -> images.ImageSpec:
     return images.ImageSpec(
         name=NODE_IMAGE, files=files, symlinks=symlinks,
         cmd=[f"{NODE}/bin/zeropod-manager", "--listen=0.0.0.0:8080"],
-        env=[f"PATH={NODE}/bin:/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONDONTWRITEBYTECODE=1"],
+        # the node's containerd and systemctl run chrooted with this PATH too
+        env=[f"PATH={NODE}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+             "PYTHONDONTWRITEBYTECODE=1"],
         exposed_ports=[8080])
 
 
