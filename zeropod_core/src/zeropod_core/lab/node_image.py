@@ -81,8 +81,12 @@ def node_image_spec(payload: Path) -> images.ImageSpec:
 
 
 def build(cache_dir: Path = CACHE) -> Path:
-    """The node image's archive, for ``ctr images import``."""
-    return images.build(node_image_spec(build_payload(cache_dir)), cache_dir)
+    """The node image's archive, for ``ctr images import`` (older archives are removed)."""
+    archive = images.build(node_image_spec(build_payload(cache_dir)), cache_dir)
+    for stale in cache_dir.glob("node-*.oci.tar"):
+        if stale != archive:
+            stale.unlink()
+    return archive
 
 
 if __name__ == "__main__":
