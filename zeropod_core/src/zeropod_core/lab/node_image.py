@@ -38,7 +38,7 @@ def _sources_digest() -> str:
         path = REPO / name
         if path.is_file():
             digest.update(name.encode() + b"\0" + path.read_bytes())
-    for binary in ("/usr/bin/python3.11", os.path.realpath("/usr/local/sbin/criu")):
+    for binary in (os.path.realpath("/usr/bin/python3"), os.path.realpath("/usr/local/sbin/criu")):
         stat = os.stat(binary)
         digest.update(f"{binary}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return digest.hexdigest()[:16]
