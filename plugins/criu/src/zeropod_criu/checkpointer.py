@@ -30,10 +30,11 @@ from pathlib import Path
 from zeropod_core.model import ContainerInfo, Outcome
 from zeropod_core.providers import RestoredProcess, RuntimeHandle
 
-from . import masked
+from . import direct, masked, runcstate
 from .criuconf import CRIU_CONFIG_ANNOTATION, CriuConfig, write_config
 from .criulog import TAIL_LINES, log_tail, read_stats
 from .freezer import FreezeError, Freezer
+from .node import find_criu
 from .paths import ImagePaths, tree_size
 from .settings import CriuSettings, wants_pre_dump
 
@@ -92,8 +93,9 @@ class CriuCheckpointer:
 
     def __init__(self, container: ContainerInfo, runtime: RuntimeHandle,
                  config: Mapping[str, object], *, settings: CriuSettings | None = None,
-                 mem_track: bool | None = None) -> None:
+                 mem_track: bool | None = None, criu: str | None = None) -> None:
         self.container, self.runtime = container, runtime
+        self._criu = criu
         self.settings = settings or CriuSettings.from_environ()
         self.paths = ImagePaths(self.settings.image_root, container.id)
         requested = wants_pre_dump(config)
@@ -106,6 +108,8 @@ class CriuCheckpointer:
         self._masked: list[str] = []
         self._owns_config = (container.annotations.get(CRIU_CONFIG_ANNOTATION)
                              == str(self.paths.criu_config))
+        # set by a direct dump: the restore goes through CRIU's RPC (see .direct)
+        self._direct: _DirectImage | None = None
 
     # --- the container's CRIU configuration -----------------------------------------------
 
@@ -197,6 +201,19 @@ class CriuCheckpointer:
         return True
 
     async def checkpoint(self) -> Outcome:
+        await self._drop_direct()
+        if self.settings.mode == "direct" and not self.pre_dump:
+            state = self._direct_state()
+            if isinstance(state, str):
+                log.info("checkpointing through runc: %s", state,
+                         extra={"container": self.container.id})
+            else:
+                outcome = await self._direct_checkpoint(state)
+                if outcome is not None:
+                    return outcome
+        return await self._runc_checkpoint()
+
+    async def _runc_checkpoint(self) -> Outcome:
         start = time.monotonic()
         cid = self.container.id
         pid = self.runtime.init_pid
@@ -265,6 +282,15 @@ class CriuCheckpointer:
         if not self.paths.has_image():
             raise CriuRestoreError(f"no checkpoint image of {cid} in {self.paths.snapshot}")
         await self._wait_dumped_reaped()
+        image, self._direct = self._direct, None
+        if image is not None:
+            restored = await self._direct_restore(image, start)
+            if restored is not None:
+                return restored
+        return await self._runc_restore(start)
+
+    async def _runc_restore(self, start: float) -> RestoredProcess:
+        cid = self.container.id
         self.paths.pid_file.unlink(missing_ok=True)
         if self._masked:
             self._write_config(masked.restore_externals(self._masked, self._masked_source))
@@ -300,7 +326,153 @@ class CriuCheckpointer:
 
     async def discard(self) -> None:
         self._dumped = None
+        await self._drop_direct()
         await asyncio.to_thread(self.paths.remove_all)
+
+    # --- direct mode (CRIU's RPC, no runc; see .direct) ------------------------------------
+
+    def _direct_state(self) -> runcstate.RuncState | str:
+        """runc's state of the container if it can be dumped directly, else why not."""
+        try:
+            state = runcstate.load(self.runtime.runc_root, self.container.id)
+        except runcstate.UnsupportedState as exc:
+            return str(exc)
+        if state.init_pid != self.runtime.init_pid:
+            return f"runc's state names pid {state.init_pid}, the shim {self.runtime.init_pid}"
+        if not self.settings.prefreeze or Freezer.for_pid(self.runtime.init_pid) is None:
+            return "no cgroup freezer to pre-freeze with"
+        return state
+
+    async def _direct_checkpoint(self, state: runcstate.RuncState) -> Outcome | None:
+        """Dump through CRIU's RPC; None when runc should be tried instead (app still runs)."""
+        start = time.monotonic()
+        cid = self.container.id
+        pid = self.runtime.init_pid
+        await asyncio.to_thread(self.paths.prepare_checkpoint, pre_dump=False)
+        frozen = await self._freeze(pid)
+        if frozen.freezer is None:
+            return None
+        self._masked = self._masked_dirs(pid)
+        self._write_config(masked.dump_externals(self._masked))
+        dumped_start = _process_start(pid)
+        options = direct.DumpOptions(self.criu, self.paths.snapshot, self.paths.work,
+                                     frozen.freezer.directory, self.settings.file_locks,
+                                     self.settings.ext_unix_sk, self.settings.log_level)
+        try:
+            async with asyncio.timeout(self.settings.timeout_s):
+                binds = await direct.dump(state, pid, options)
+        except (direct.DirectError, TimeoutError, OSError) as exc:
+            error = str(exc) or "timed out"
+            thawed = frozen.freezer.thaw()
+            running = _process_state(pid) not in (None, "Z", "X")
+            tail = log_tail(self.paths.work / "dump.log", TAIL_LINES)
+            if thawed and running:
+                log.warning("direct dump failed, trying runc checkpoint", extra={
+                    "container": cid, "error": error, "log_tail": tail})
+                return None
+            return await self._checkpoint_failed(error, frozen, pid, time.monotonic() - start)
+        frozen.freezer.thaw()  # the killed tasks die; the restored ones must not start frozen
+        duration = time.monotonic() - start
+        self._dumped = (pid, dumped_start)
+        image = _DirectImage(state, binds)
+        self._direct = image
+        image.preparing = asyncio.get_running_loop().create_task(
+            self._prepare_direct(image), name=f"criu-prepare-{cid}")
+        stats = read_stats([self.paths.work / "stats-dump", self.paths.snapshot / "stats-dump"])
+        stats["prefreeze_us"] = round(frozen.seconds * 1e6)
+        outcome = Outcome(ok=True, duration_s=duration, image_bytes=tree_size(self.paths.snapshot),
+                          stats=stats)
+        log.info("checkpointed", extra={
+            "container": cid, "pid": pid, "duration_ms": round(duration * 1e3, 1),
+            "image_bytes": outcome.image_bytes, "freeze": frozen.method, "path": "direct",
+            "frozen_time_us": stats.get("frozen_time"),
+            "pages_written": stats.get("pages_written")})
+        return outcome
+
+    async def _prepare_direct(self, image: _DirectImage) -> None:
+        """Start the swrk for the next restore (after the dump, off the wake-up path)."""
+        stdio = self.runtime.new_stdio()
+        fds = (stdio.stdin, stdio.stdout, stdio.stderr)
+        try:
+            image.prepared = direct.prepare_restore(self.criu, image.state, fds,
+                                                    self.paths.snapshot, self.paths.work,
+                                                    image.cgroup_binds)
+        except direct.DirectError as exc:
+            stdio.close()
+            log.warning("cannot pre-spawn CRIU for the restore; it will go through runc",
+                        extra={"container": self.container.id, "error": str(exc)})
+
+    async def _direct_restore(self, image: _DirectImage, start: float) -> RestoredProcess | None:
+        """Restore through the pre-spawned swrk; None when runc must do it (images intact)."""
+        cid = self.container.id
+        if image.preparing is not None:
+            await image.preparing
+        prepared = image.prepared
+        if prepared is None:
+            await self._clear_for_runc(image.state)
+            return None
+        if self._masked:
+            self._write_config(masked.restore_externals(self._masked, self._masked_source))
+        try:
+            async with asyncio.timeout(self.settings.timeout_s):
+                pid = await prepared.restore(file_locks=self.settings.file_locks,
+                                             ext_unix_sk=self.settings.ext_unix_sk,
+                                             log_level=self.settings.log_level)
+        except (direct.DirectError, TimeoutError) as exc:
+            prepared.close()
+            tail = log_tail(self.paths.work / "restore.log", TAIL_LINES)
+            log.warning("direct restore failed, restoring through runc", extra={
+                "container": cid, "error": str(exc) or "timed out", "log_tail": tail})
+            await self._clear_for_runc(image.state)
+            return None
+        finally:
+            if self._masked:
+                self._write_config()
+        duration = time.monotonic() - start
+        stats = read_stats([self.paths.work / "stats-restore"])
+        await asyncio.to_thread(self.paths.remove_images)
+        log.info("restored", extra={"container": cid, "pid": pid, "path": "direct",
+                                    "duration_ms": round(duration * 1e3, 1),
+                                    "restore_time_us": stats.get("restore_time")})
+        return RestoredProcess(pid, Outcome(ok=True, duration_s=duration, stats=stats))
+
+    async def _clear_for_runc(self, state: runcstate.RuncState) -> None:
+        """Make way for ``runc restore`` after a direct dump: nothing half-restored may stay.
+
+        Every process left in the container's cgroups (a partly restored tree, the swrk) is
+        killed, then runc's record of the dumped container is deleted (``runc restore``
+        refuses an id that exists); the images are untouched.
+        """
+        await asyncio.to_thread(direct.kill_cgroup_members, state.cgroup_dirs)
+        result = await self.runtime.runc("delete", "--force", self.container.id)
+        if result.returncode != 0:
+            log.warning("runc delete before the fallback restore failed",
+                        extra={"container": self.container.id, "error": result.error})
+
+    async def _drop_direct(self) -> None:
+        """Release a prepared swrk that will not be used (new checkpoint, discard)."""
+        image, self._direct = self._direct, None
+        if image is None:
+            return
+        if image.preparing is not None:
+            with contextlib.suppress(Exception):
+                await image.preparing
+        if image.prepared is not None:
+            image.prepared.close()
+
+    @property
+    def criu(self) -> str:
+        return self._criu or find_criu()
+
+
+@dataclass
+class _DirectImage:
+    """A direct dump's leftovers the restore needs, and the swrk being prepared for it."""
+
+    state: runcstate.RuncState
+    cgroup_binds: list[tuple[str, Path]]
+    preparing: asyncio.Task[None] | None = None
+    prepared: direct.PreparedRestore | None = None
 
 
 def remove_container_images(image_root: Path, container_id: str) -> None:
