@@ -238,7 +238,7 @@ class CriuCheckpointer:
                           stats=stats)
         log.info("checkpointed", extra={
             "container": cid, "pid": pid, "duration_ms": round(duration * 1e3, 1),
-            "image_bytes": outcome.image_bytes, "freeze": frozen.method,
+            "image_bytes": outcome.image_bytes, "freeze": frozen.method, "path": "runc",
             "pre_dump": parent, "frozen_time_us": stats.get("frozen_time"),
             "pages_written": stats.get("pages_written")})
         return outcome
@@ -319,7 +319,7 @@ class CriuCheckpointer:
         stats = read_stats([self.paths.work / "stats-restore",
                             self.paths.snapshot / "stats-restore"])
         await asyncio.to_thread(self.paths.remove_images)
-        log.info("restored", extra={"container": cid, "pid": pid,
+        log.info("restored", extra={"container": cid, "pid": pid, "path": "runc",
                                     "duration_ms": round(duration * 1e3, 1),
                                     "restore_time_us": stats.get("restore_time")})
         return RestoredProcess(pid, Outcome(ok=True, duration_s=duration, stats=stats))
