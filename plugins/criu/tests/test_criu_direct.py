@@ -1,0 +1,133 @@
+"""The direct path (CRIU's RPC from the shim) against real runc containers (root only).
+
+What only this path has to guarantee: runc's view of the container stays true without runc
+taking part, a prepared ``criu swrk`` that cannot do the restore hands over to ``runc
+restore`` (the app comes back with its memory, not cold), and a failed direct restore leaves
+nothing half-restored behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from test_criu_checkpoint import _alive, _restore, _start
+from zpcriu_lab import Lab
+
+from zeropod_criu.checkpointer import CriuCheckpointer
+from zeropod_criu.settings import CriuSettings
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def direct_settings(tmp_path: Path) -> CriuSettings:
+    return CriuSettings(image_root=tmp_path / "images", kdat_cache=False, mode="direct")
+
+
+def _runc(container_root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["runc", "--root", str(container_root), *args],
+                          capture_output=True, text=True, timeout=30)
+
+
+async def test_runc_keeps_working_after_direct_restores(
+        lab: Lab, direct_settings: CriuSettings) -> None:
+    container = await _start(lab, direct_settings, "counter")
+    count = (await container.wait_http()).json()["count"]
+    checkpointer = CriuCheckpointer(container.info, container.runtime, {},
+                                    settings=direct_settings)
+    for _ in range(2):
+        assert (await checkpointer.checkpoint()).ok
+        await _restore(lab, container, checkpointer)
+        body = (await container.get()).json()
+        assert body["count"] > count
+        count = body["count"]
+    assert container.runtime.calls == [], "no runc call on the direct path"
+    root = container.runc.root
+    state = await container.state()
+    assert state is not None and state["status"] == "running"
+    assert state["pid"] == container.pid
+    cgroups = Path(f"/proc/{container.pid}/cgroup").read_text()
+    assert all(line.endswith(container.id) for line in cgroups.splitlines()), cgroups
+    out = _runc(root, "exec", container.id, "/usr/bin/python3", "-c", "print('exec-ok')")
+    assert (out.returncode, out.stdout) == (0, "exec-ok\n"), out.stderr
+    # runc's own checkpoint of a directly restored container works, and so does its restore
+    runc_mode = CriuCheckpointer(container.info, container.runtime, {},
+                                 settings=dataclasses.replace(direct_settings, mode="runc"))
+    assert (await runc_mode.checkpoint()).ok
+    await _restore(lab, container, runc_mode)
+    assert (await container.get()).json()["count"] > count
+    pid = container.pid
+    assert _runc(root, "kill", container.id, "KILL").returncode == 0
+    for _ in range(200):
+        if not _alive(pid):
+            break
+        await asyncio.sleep(0.01)
+    assert not _alive(pid)
+    assert _runc(root, "delete", container.id).returncode == 0
+    assert await container.state() is None
+
+
+async def test_a_dead_prepared_criu_hands_over_to_runc_restore(
+        lab: Lab, direct_settings: CriuSettings, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="zeropod.criu")
+    container = await _start(lab, direct_settings, "counter")
+    first = (await container.wait_http()).json()
+    checkpointer = CriuCheckpointer(container.info, container.runtime, {},
+                                    settings=direct_settings)
+    assert (await checkpointer.checkpoint()).ok
+    image = checkpointer._direct
+    assert image is not None and image.preparing is not None
+    await image.preparing
+    assert image.prepared is not None and image.prepared.swrk.alive
+    os.kill(image.prepared.swrk.pid, 9)  # the prepared CRIU dies while the app sleeps
+
+    await _restore(lab, container, checkpointer)
+
+    assert "direct restore failed, restoring through runc" in caplog.text
+    assert any(call[0] == "restore" for call in container.runtime.calls)
+    body = (await container.get()).json()
+    assert body["started"] == first["started"], "restored with its memory, not cold-started"
+    assert body["count"] > first["count"]
+    state = await container.state()
+    assert state is not None and state["status"] == "running"
+    assert state["pid"] == container.pid
+    # the next cycle is direct again
+    container.runtime.calls.clear()
+    assert (await checkpointer.checkpoint()).ok
+    await _restore(lab, container, checkpointer)
+    assert container.runtime.calls == []
+
+
+async def test_a_failed_direct_restore_leaves_nothing_half_restored(
+        lab: Lab, direct_settings: CriuSettings) -> None:
+    """A lost pages file: CRIU fails half-way; what it started must be gone, runc fails too
+    (same images), and runc's record is cleared so the core can cold-start."""
+    container = await _start(lab, direct_settings)
+    await container.wait_http()
+    checkpointer = CriuCheckpointer(container.info, container.runtime, {},
+                                    settings=direct_settings)
+    assert (await checkpointer.checkpoint()).ok
+    image = checkpointer._direct
+    assert image is not None and image.preparing is not None
+    await image.preparing
+    assert image.prepared is not None
+    cgroup_dirs = image.state.cgroup_dirs
+    swrk_pid = image.prepared.swrk.pid
+    for pages in checkpointer.paths.snapshot.glob("pages-*.img"):
+        pages.unlink()
+
+    with pytest.raises(Exception, match="runc restore"):
+        await checkpointer.restore()
+
+    assert not _alive(swrk_pid)
+    for directory in cgroup_dirs:
+        procs = directory / "cgroup.procs"
+        assert not procs.exists() or procs.read_text().strip() == "", directory
+    assert container.net.pod_pids() == []
+    assert await container.state() is None
