@@ -30,6 +30,10 @@ def direct_settings(tmp_path: Path) -> CriuSettings:
     return CriuSettings(image_root=tmp_path / "images", kdat_cache=False, mode="direct")
 
 
+def _read(path: str) -> str:
+    return Path(path).read_text()
+
+
 def _runc(container_root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["runc", "--root", str(container_root), *args],
                           capture_output=True, text=True, timeout=30)
@@ -52,7 +56,7 @@ async def test_runc_keeps_working_after_direct_restores(
     state = await container.state()
     assert state is not None and state["status"] == "running"
     assert state["pid"] == container.pid
-    cgroups = Path(f"/proc/{container.pid}/cgroup").read_text()
+    cgroups = _read(f"/proc/{container.pid}/cgroup")
     assert all(line.endswith(container.id) for line in cgroups.splitlines()), cgroups
     out = _runc(root, "exec", container.id, "/usr/bin/python3", "-c", "print('exec-ok')")
     assert (out.returncode, out.stdout) == (0, "exec-ok\n"), out.stderr

@@ -30,7 +30,7 @@ from pathlib import Path
 from zeropod_core.model import ContainerInfo, Outcome
 from zeropod_core.providers import RestoredProcess, RuntimeHandle
 
-from . import direct, masked, runcstate
+from . import direct, lazy, masked, runcstate
 from .criuconf import CRIU_CONFIG_ANNOTATION, CriuConfig, write_config
 from .criulog import TAIL_LINES, log_tail, read_stats
 from .freezer import FreezeError, Freezer
@@ -110,6 +110,8 @@ class CriuCheckpointer:
                              == str(self.paths.criu_config))
         # set by a direct dump: the restore goes through CRIU's RPC (see .direct)
         self._direct: _DirectImage | None = None
+        # after a lazy restore: waits for the lazy-pages daemon (see .lazy)
+        self._lazy_copy: asyncio.Task[None] | None = None
 
     # --- the container's CRIU configuration -----------------------------------------------
 
@@ -201,6 +203,7 @@ class CriuCheckpointer:
         return True
 
     async def checkpoint(self) -> Outcome:
+        await self._wait_lazy_copy()
         await self._drop_direct()
         if self.settings.mode == "direct" and not self.pre_dump:
             state = self._direct_state()
@@ -326,6 +329,11 @@ class CriuCheckpointer:
 
     async def discard(self) -> None:
         self._dumped = None
+        if self._lazy_copy is not None:
+            self._lazy_copy.cancel()
+            with contextlib.suppress(BaseException):
+                await self._lazy_copy
+            self._lazy_copy = None
         await self._drop_direct()
         await asyncio.to_thread(self.paths.remove_all)
 
@@ -393,10 +401,14 @@ class CriuCheckpointer:
         """Start the swrk for the next restore (after the dump, off the wake-up path)."""
         stdio = self.runtime.new_stdio()
         fds = (stdio.stdin, stdio.stdout, stdio.stderr)
+        threshold = self.settings.lazy_threshold_mib
+        lazily = threshold is not None and \
+            lazy.image_pages_bytes(self.paths.snapshot) >= threshold << 20
         try:
             image.prepared = direct.prepare_restore(self.criu, image.state, fds,
                                                     self.paths.snapshot, self.paths.work,
-                                                    image.cgroup_binds)
+                                                    image.cgroup_binds, lazy=lazily,
+                                                    log_level=self.settings.log_level)
         except direct.DirectError as exc:
             stdio.close()
             log.warning("cannot pre-spawn CRIU for the restore; it will go through runc",
@@ -430,11 +442,48 @@ class CriuCheckpointer:
                 self._write_config()
         duration = time.monotonic() - start
         stats = read_stats([self.paths.work / "stats-restore"])
-        await asyncio.to_thread(self.paths.remove_images)
+        daemon = prepared.serving
+        if daemon is None:
+            await asyncio.to_thread(self.paths.remove_images)
+        else:
+            stats["lazy"] = 1
+            self._lazy_copy = asyncio.get_running_loop().create_task(
+                self._finish_lazy_copy(daemon, image.state, pid, start),
+                name=f"criu-lazy-{cid}")
         log.info("restored", extra={"container": cid, "pid": pid, "path": "direct",
+                                    "lazy": daemon is not None,
                                     "duration_ms": round(duration * 1e3, 1),
                                     "restore_time_us": stats.get("restore_time")})
         return RestoredProcess(pid, Outcome(ok=True, duration_s=duration, stats=stats))
+
+    async def _finish_lazy_copy(self, daemon: lazy.LazyDaemon, state: runcstate.RuncState,
+                                pid: int, start: float) -> None:
+        """Wait for the lazy-pages daemon; remove the images, or kill an incomplete app."""
+        cid = self.container.id
+        try:
+            status = await daemon.wait_exit()
+        finally:
+            daemon.kill()  # nothing to do if it is gone; on cancellation it must go
+            daemon.close()
+        if status == 0:
+            await asyncio.to_thread(self.paths.remove_images)
+            log.info("lazy restore complete: all memory is back", extra={
+                "container": cid, "pid": pid,
+                "duration_ms": round((time.monotonic() - start) * 1e3, 1)})
+            return
+        # Pages the daemon never delivered would read as zeros: the app must not go on.
+        log.error("the lazy-pages daemon failed before all memory was back; killing the "
+                  "container (images kept)", extra={
+                      "container": cid, "pid": pid, "status": status,
+                      "log_tail": log_tail(self.paths.work / "lazy-pages.log", TAIL_LINES)})
+        await asyncio.to_thread(direct.kill_cgroup_members, state.cgroup_dirs)
+
+    async def _wait_lazy_copy(self) -> None:
+        """A new dump waits until a lazy restore has all its memory back."""
+        task, self._lazy_copy = self._lazy_copy, None
+        if task is not None:
+            with contextlib.suppress(Exception):
+                await task
 
     async def _clear_for_runc(self, state: runcstate.RuncState) -> None:
         """Make way for ``runc restore`` after a direct dump: nothing half-restored may stay.

@@ -32,12 +32,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._pb import criu_rpc_pb2 as rpc
+from .lazy import LazyDaemon
 from .runcstate import RuncState
 from .swrk import Swrk, SwrkError, response_error
 
 log = logging.getLogger("zeropod.criu.direct")
 
 NETNS_FD = 4
+# How long a restore waits for a pre-spawned lazy-pages daemon to listen before going eager.
+LAZY_READY_S = 2.0
 CLONE_NEWNET = 0x40000000
 MS_BIND, MS_REC, MNT_DETACH = 0x1000, 0x4000, 0x2
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -148,17 +151,25 @@ class PreparedRestore:
     work: Path
     restore_mounts: list[tuple[str, str]]
     has_netns: bool
+    lazy: LazyDaemon | None = None
+    # the lazy daemon after a successful lazy restore: it serves the app, the caller owns it
+    serving: LazyDaemon | None = None
     _closed: bool = field(default=False, repr=False)
 
-    async def restore(self, *, file_locks: bool, ext_unix_sk: bool, lazy: bool = False,
-                      log_level: int = 4) -> int:
+    async def restore(self, *, file_locks: bool, ext_unix_sk: bool, log_level: int = 4) -> int:
         """Send the RESTORE request; returns the restored init's host PID.
 
-        The swrk is used up either way; on failure nothing of the container runs (CRIU kills
-        what it had restored) and :class:`DirectError` is raised.
+        With a lazy daemon that is ready, the restore is lazy and :attr:`serving` is set
+        afterwards (the caller waits for it before the images go). The swrk is used up either
+        way; on failure nothing of the container runs (CRIU kills what it had restored) and
+        :class:`DirectError` is raised.
         """
         request = rpc.criu_req(type=rpc.RESTORE)
         opts = request.opts
+        lazy = self.lazy is not None and await self.lazy.wait_ready(LAZY_READY_S)
+        if self.lazy is not None and not lazy:
+            log.warning("the lazy-pages daemon is not ready, restoring eagerly",
+                        extra={"work": str(self.work)})
         opts.root = str(self.criu_root)
         opts.rst_sibling = True
         opts.evasive_devices = True
@@ -177,6 +188,8 @@ class PreparedRestore:
             _bind(self.state.rootfs, self.criu_root)
             response = await _call(self.swrk, request, self.images, self.work, self.state,
                                    "restore.log", log_level, file_locks, ext_unix_sk)
+            if response.success and lazy:  # it serves the app now: close() must spare it
+                self.serving, self.lazy = self.lazy, None
         except (SwrkError, OSError) as exc:
             self.swrk.kill()
             raise DirectError(f"criu restore: {exc}") from exc
@@ -198,6 +211,10 @@ class PreparedRestore:
         if self._closed:
             return
         self._closed = True
+        if self.lazy is not None:
+            self.lazy.kill()
+            self.lazy.close()
+            self.lazy = None
         if self.swrk.alive:
             self.swrk.kill()
         self.swrk.close()
@@ -259,8 +276,10 @@ def _umount(target: Path) -> None:
 
 
 def prepare_restore(criu: str, state: RuncState, stdio: Sequence[int], images: Path,
-                    work: Path, cgroup_binds: list[tuple[str, Path]]) -> PreparedRestore:
-    """Start the swrk for the next restore of the container (see the module doc).
+                    work: Path, cgroup_binds: list[tuple[str, Path]], *,
+                    lazy: bool = False, log_level: int = 4) -> PreparedRestore:
+    """Start the swrk for the next restore of the container (see the module doc), and with
+    ``lazy`` a ``criu lazy-pages`` daemon for it (see :mod:`.lazy`).
 
     ``stdio`` are the new pipes' process ends; the result owns (and eventually closes) them.
     Raises :class:`DirectError`; then nothing is left behind but ``stdio``, still open.
@@ -286,5 +305,12 @@ def prepare_restore(criu: str, state: RuncState, stdio: Sequence[int], images: P
         if netns_fd is not None:
             os.close(netns_fd)
     mounts = [(m.key, m.val) for m in state.restore_mounts(cgroup_binds)]
-    return PreparedRestore(state, swrk, list(stdio), criu_root, images, work, mounts,
-                           has_netns=netns is not None)
+    prepared = PreparedRestore(state, swrk, list(stdio), criu_root, images, work, mounts,
+                               has_netns=netns is not None)
+    if lazy:
+        try:
+            prepared.lazy = LazyDaemon.spawn(criu, images, work, log_level)
+        except OSError as exc:
+            log.warning("cannot start the lazy-pages daemon, the restore will be eager",
+                        extra={"error": str(exc)})
+    return prepared

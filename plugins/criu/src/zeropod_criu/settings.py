@@ -29,6 +29,10 @@ bench) behaves the same:
   wake-up, for a runc or CRIU the direct path does not know).
 * ``ZEROPOD_CRIU_LOG_LEVEL`` (``4``): CRIU's log level (0-4) for direct dumps and restores;
   ``dump.log``/``restore.log`` in the work directory. 0 saves 1-2 ms per restore.
+* ``ZEROPOD_CRIU_LAZY_MIB`` (``64``): in direct mode, restore lazily when the dump holds at
+  least this many MiB of memory pages: a ``criu lazy-pages`` daemon (started with the swrk)
+  serves the memory from the image after the app already runs (see :mod:`.lazy`); ``0``
+  always, ``off`` never.
 * ``ZEROPOD_CRIU_TIMEOUT`` (``120``): seconds after which a checkpoint or restore is killed
   (runc and CRIU) and counts as failed; a damaged image can make CRIU's restorer loop forever.
 
@@ -86,6 +90,7 @@ class CriuSettings:
     masked_external: bool = True
     mode: str = "direct"
     log_level: int = 4
+    lazy_threshold_mib: int | None = 64
 
     @property
     def criu_config(self) -> Path:
@@ -110,8 +115,18 @@ class CriuSettings:
         level = env.get("ZEROPOD_CRIU_LOG_LEVEL", "").strip()
         if level and level not in ("0", "1", "2", "3", "4"):
             raise ValueError(f"ZEROPOD_CRIU_LOG_LEVEL: expected 0-4, got {level!r}")
+        lazy_raw = env.get("ZEROPOD_CRIU_LAZY_MIB", "").strip().lower()
+        lazy_mib: int | None = base.lazy_threshold_mib
+        if lazy_raw == "off":
+            lazy_mib = None
+        elif lazy_raw:
+            if not lazy_raw.isdigit():
+                raise ValueError(f"ZEROPOD_CRIU_LAZY_MIB: expected MiB (an integer >= 0) or "
+                                 f"off, got {lazy_raw!r}")
+            lazy_mib = int(lazy_raw)
         return cls(
             mode=mode,
+            lazy_threshold_mib=lazy_mib,
             log_level=int(level) if level else base.log_level,
             image_root=Path(root) if root else base.image_root,
             prefreeze=_bool_setting(env, "ZEROPOD_CRIU_PREFREEZE", base.prefreeze),

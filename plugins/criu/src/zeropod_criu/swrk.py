@@ -43,10 +43,12 @@ class SwrkError(RuntimeError):
     """The swrk process failed to start, died, or answered with an error."""
 
 
-def spawn_process(argv: list[str], fds: Mapping[int, int]) -> tuple[int, int]:
+def spawn_process(argv: list[str], fds: Mapping[int, int], *,
+                  own_group: bool = False) -> tuple[int, int]:
     """``posix_spawn`` ``argv`` with ``fds`` (child fd -> our fd) as its only open fds.
 
-    Returns ``(pid, pidfd)``. Slots 0-2 not in ``fds`` get ``/dev/null``. Every fd is first
+    Returns ``(pid, pidfd)``; ``own_group`` makes it lead a new process group (killed with
+    its children by ``killpg``). Slots 0-2 not in ``fds`` get ``/dev/null``. Every fd is first
     copied above :data:`_SCRATCH_FD` so a ``dup2`` never targets a descriptor that is still a
     source (and never is a no-op that would keep ``O_CLOEXEC``).
     """
@@ -56,8 +58,12 @@ def spawn_process(argv: list[str], fds: Mapping[int, int]) -> tuple[int, int]:
                for target, fd in wanted.items()}
     try:
         actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in scratch.items()]
-        pid = os.posix_spawn(argv[0], argv, dict(os.environ), file_actions=actions,
-                             setsigdef=_RESET_SIGNALS, setsigmask=())
+        if own_group:
+            pid = os.posix_spawn(argv[0], argv, dict(os.environ), file_actions=actions,
+                                 setsigdef=_RESET_SIGNALS, setsigmask=(), setpgroup=0)
+        else:
+            pid = os.posix_spawn(argv[0], argv, dict(os.environ), file_actions=actions,
+                                 setsigdef=_RESET_SIGNALS, setsigmask=())
         # No await between spawn and pidfd_open: the reaper (a loop callback) cannot have
         # collected the child yet, so the pid is still this child's.
         pidfd = os.pidfd_open(pid)
