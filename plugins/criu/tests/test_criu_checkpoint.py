@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -26,10 +27,11 @@ from zeropod_criu.settings import CriuSettings
 pytestmark = pytest.mark.slow
 
 
-async def _start(lab: Lab, settings: CriuSettings, image: str = "busybox") -> LabContainer:
+async def _start(lab: Lab, settings: CriuSettings, image: str = "busybox", *,
+                 env: Sequence[str] = ()) -> LabContainer:
     """A container whose spec names the plugin's CRIU config, as zeropod_modify_spec does."""
     write_config(settings.criu_config, CriuConfig())
-    return await lab.start(image, modify_spec=lambda info, spec: name_config_in_spec(
+    return await lab.start(image, env=env, modify_spec=lambda info, spec: name_config_in_spec(
         spec, settings.criu_config, container_id=info.id))
 
 

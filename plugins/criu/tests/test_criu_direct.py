@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from test_criu_checkpoint import _alive, _restore, _start
-from zpcriu_lab import Lab
+from zpcriu_lab import Lab, LabContainer
 
 from zeropod_criu.checkpointer import CriuCheckpointer
 from zeropod_criu.settings import CriuSettings
@@ -135,3 +135,90 @@ async def test_a_failed_direct_restore_leaves_nothing_half_restored(
         assert not procs.exists() or procs.read_text().strip() == "", directory
     assert container.net.pod_pids() == []
     assert await container.state() is None
+
+
+@pytest.fixture
+def lazy_settings(direct_settings: CriuSettings) -> CriuSettings:
+    return dataclasses.replace(direct_settings, lazy_threshold_mib=64)
+
+
+async def _lazy_cycle(lab: Lab, settings: CriuSettings, mib: int) -> tuple[
+        LabContainer, CriuCheckpointer, dict[str, object]]:
+    container = await _start(lab, settings, "counter", env=[f"APP_ALLOC_MIB={mib}"])
+    first = (await container.wait_http(deadline_s=30)).json()
+    checkpointer = CriuCheckpointer(container.info, container.runtime, {}, settings=settings)
+    assert (await checkpointer.checkpoint()).ok
+    image = checkpointer._direct
+    assert image is not None and image.preparing is not None
+    await image.preparing
+    assert image.prepared is not None and image.prepared.lazy is not None
+    return container, checkpointer, first
+
+
+async def test_a_wake_during_the_background_copy_sees_all_memory(
+        lab: Lab, lazy_settings: CriuSettings) -> None:
+    container, checkpointer, first = await _lazy_cycle(lab, lazy_settings, 200)
+    restored = await checkpointer.restore()
+    lab.restored(container, restored.pid)
+    assert restored.outcome.stats.get("lazy") == 1
+    copy = checkpointer._lazy_copy
+    assert copy is not None and not copy.done(), "the daemon is still copying"
+    # the first request faults its pages in; /crc then reads all 200 MiB during the copy
+    assert (await container.get()).json()["started"] == first["started"]
+    assert (await container.get("/crc", timeout=30)).json() == {"crc_ok": True, "mib": 200}
+    await asyncio.wait_for(asyncio.shield(copy), 60)
+    status = (checkpointer.paths.work / "lazy-pages.status").read_text().strip()
+    assert status == "0"
+    assert not checkpointer.paths.snapshot.exists(), "images go once all memory is back"
+    assert (await container.get("/crc", timeout=30)).json()["crc_ok"] is True
+    # and the next cycle works (it waits for the copy before dumping)
+    assert (await checkpointer.checkpoint()).ok
+    await _restore(lab, container, checkpointer)
+    assert (await container.get("/crc", timeout=30)).json()["crc_ok"] is True
+
+
+async def test_a_dying_lazy_daemon_takes_the_app_down_not_half_restored(
+        lab: Lab, lazy_settings: CriuSettings) -> None:
+    """Pages the daemon never delivered would read as zeros: the app must be killed."""
+    container, checkpointer, _ = await _lazy_cycle(lab, lazy_settings, 200)
+    image = checkpointer._direct
+    assert image is not None and image.prepared is not None
+    cgroup_dirs = image.state.cgroup_dirs
+    assert image.prepared.lazy is not None
+    sh = image.prepared.lazy.pid
+    restored = await checkpointer.restore()
+    lab.restored(container, restored.pid)
+    criu_daemon = [int(p) for p in _read(f"/proc/{sh}/task/{sh}/children").split()]
+    assert len(criu_daemon) == 1 and _read(f"/proc/{criu_daemon[0]}/comm").strip() == "criu"
+    os.kill(criu_daemon[0], 9)  # mid-copy
+
+    copy = checkpointer._lazy_copy
+    assert copy is not None
+    await asyncio.wait_for(asyncio.shield(copy), 30)
+
+    assert not _alive(restored.pid), "the app must not run on with missing memory"
+    for directory in cgroup_dirs:
+        procs = directory / "cgroup.procs"
+        assert not procs.exists() or procs.read_text().strip() == "", directory
+    assert checkpointer.paths.has_image(), "images are kept for inspection"
+    # the core sees the container exit: killed by us (137), or by the kernel first when it
+    # touched a page that can no longer be delivered (SIGSEGV/SIGBUS)
+    assert container.exits[restored.pid].status in (137, 139, 135)
+
+
+async def test_a_dead_lazy_daemon_before_the_wake_means_an_eager_restore(
+        lab: Lab, lazy_settings: CriuSettings) -> None:
+    container, checkpointer, first = await _lazy_cycle(lab, lazy_settings, 80)
+    image = checkpointer._direct
+    assert image is not None and image.prepared is not None
+    daemon = image.prepared.lazy
+    assert daemon is not None
+    daemon.kill()
+
+    restored = await checkpointer.restore()
+    lab.restored(container, restored.pid)
+
+    assert "lazy" not in restored.outcome.stats
+    assert checkpointer._lazy_copy is None
+    assert (await container.get("/crc", timeout=30)).json() == {"crc_ok": True, "mib": 80}
+    assert (await container.get()).json()["started"] == first["started"]
