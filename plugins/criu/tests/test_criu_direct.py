@@ -13,16 +13,33 @@ import dataclasses
 import logging
 import os
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
-from test_criu_checkpoint import _alive, _restore, _start
+from test_criu_checkpoint import _alive, _restore
 from zpcriu_lab import Lab, LabContainer
 
+from zeropod_core.model import ContainerInfo
 from zeropod_criu.checkpointer import CriuCheckpointer
+from zeropod_criu.criuconf import CriuConfig, name_config_in_spec, write_config
+from zeropod_criu.paths import ImagePaths, make_private_dir
 from zeropod_criu.settings import CriuSettings
 
 pytestmark = pytest.mark.slow
+
+
+async def _start(lab: Lab, settings: CriuSettings, image: str = "busybox", *,
+                 env: Sequence[str] = ()) -> LabContainer:
+    """A container with its own CRIU config named in the spec, as the shim's
+    ``zeropod_modify_spec`` does (masked directories and tmpfs mounts as externals)."""
+    def modify(info: ContainerInfo, spec: dict[str, Any]) -> None:
+        paths = ImagePaths(settings.image_root, info.id)
+        make_private_dir(paths.base)
+        write_config(paths.criu_config, CriuConfig(network_lock=settings.network_lock))
+        name_config_in_spec(spec, paths.criu_config, container_id=info.id)
+    return await lab.start(image, env=env, modify_spec=modify)
 
 
 @pytest.fixture
@@ -222,3 +239,47 @@ async def test_a_dead_lazy_daemon_before_the_wake_means_an_eager_restore(
     assert checkpointer._lazy_copy is None
     assert (await container.get("/crc", timeout=30)).json() == {"crc_ok": True, "mib": 80}
     assert (await container.get()).json()["started"] == first["started"]
+
+
+def _tmpfs_view(pid: int) -> dict[str, object]:
+    """Each tmpfs mount of ``pid``: its options and what is in it (name, type, mode, rdev)."""
+    view: dict[str, object] = {}
+    for line in _read(f"/proc/{pid}/mountinfo").splitlines():
+        fields = line.split()
+        sep = fields.index("-")
+        if fields[sep + 1] != "tmpfs" or fields[3] != "/":
+            continue
+        root = Path(f"/proc/{pid}/root{fields[4]}")
+        content = sorted((str(p.relative_to(root)), p.lstat().st_mode, p.lstat().st_rdev)
+                         for p in root.rglob("*") if p.lstat().st_dev == root.stat().st_dev)
+        view[fields[4]] = (fields[5], fields[sep + 3], content)
+    return view
+
+
+async def test_structure_only_tmpfs_is_recreated_not_archived(
+        lab: Lab, direct_settings: CriuSettings) -> None:
+    container = await _start(lab, direct_settings)
+    await container.wait_http()
+    before = _tmpfs_view(container.pid)
+    assert "/dev" in before and "/dev/shm" in before
+    checkpointer = CriuCheckpointer(container.info, container.runtime, {},
+                                    settings=direct_settings)
+    assert (await checkpointer.checkpoint()).ok
+    recreated = {t.path for t in checkpointer._tmpfs}
+    assert {"/dev", "/dev/shm"} <= recreated
+    dump_log = _read(str(checkpointer.paths.work / "dump.log"))
+    assert "tmpfs-dev" not in dump_log
+
+    await _restore(lab, container, checkpointer)
+
+    after = _tmpfs_view(container.pid)
+    assert {p: after[p] for p in recreated} == {p: before[p] for p in recreated}
+    assert not list(checkpointer.paths.tmpfs.glob("*")), "host-side mounts are gone"
+    out = _runc(container.runc.root, "exec", container.id, "sh", "-c",
+                "echo x > /dev/null && echo y > /dev/shm/f && cat /dev/shm/f")
+    assert (out.returncode, out.stdout) == (0, "y\n"), out.stderr
+    # now /dev/shm holds data: the next dump leaves it to CRIU, and it survives
+    assert (await checkpointer.checkpoint()).ok
+    assert "/dev/shm" not in {t.path for t in checkpointer._tmpfs}
+    await _restore(lab, container, checkpointer)
+    assert _read(f"/proc/{container.pid}/root/dev/shm/f") == "y\n"

@@ -30,7 +30,7 @@ from pathlib import Path
 from zeropod_core.model import ContainerInfo, Outcome
 from zeropod_core.providers import RestoredProcess, RuntimeHandle
 
-from . import direct, lazy, masked, runcstate
+from . import direct, lazy, masked, runcstate, tmpfs
 from .criuconf import CRIU_CONFIG_ANNOTATION, CriuConfig, write_config
 from .criulog import TAIL_LINES, log_tail, read_stats
 from .freezer import FreezeError, Freezer
@@ -106,6 +106,8 @@ class CriuCheckpointer:
         self._dumped: tuple[int, str | None] | None = None
         # the masked directories of the last dump, made external mounts (see .masked)
         self._masked: list[str] = []
+        # structure-only tmpfs mounts of the last direct dump, recreated at restore (.tmpfs)
+        self._tmpfs: list[tmpfs.Tmpfs] = []
         self._owns_config = (container.annotations.get(CRIU_CONFIG_ANNOTATION)
                              == str(self.paths.criu_config))
         # set by a direct dump: the restore goes through CRIU's RPC (see .direct)
@@ -135,6 +137,23 @@ class CriuCheckpointer:
                         extra={"container": self.container.id, "error": str(exc)})
             return []
         return dirs
+
+    def _structural_tmpfs(self, pid: int, state: runcstate.RuncState) -> list[tmpfs.Tmpfs]:
+        """The tmpfs mounts the direct dump leaves out (our config only; see .tmpfs)."""
+        if not (self._owns_config and self.settings.tmpfs_external):
+            return []
+        masked_files = {m.key for m in state.dump_mounts(pid) if m.val == "/dev/null"}
+        try:
+            return tmpfs.structural_tmpfs(pid, set(self._masked), masked_files)
+        except OSError as exc:
+            log.warning("tmpfs mounts stay in the image", extra={
+                "container": self.container.id, "error": str(exc)})
+            return []
+
+    def _restore_externals(self) -> tuple[str, ...]:
+        """The ``external`` options of the next restore (masked dirs, recreated tmpfs)."""
+        return (masked.restore_externals(self._masked, self._masked_source) +
+                tmpfs.restore_externals(self._tmpfs, self.paths.tmpfs))
 
     @property
     def _masked_source(self) -> Path:
@@ -224,6 +243,7 @@ class CriuCheckpointer:
         parent = self.pre_dump and await self._pre_dump()
         frozen = await self._freeze(pid)
         self._masked = self._masked_dirs(pid)
+        self._tmpfs = []
         self._write_config(masked.dump_externals(self._masked))
         args = ["checkpoint", "--image-path", str(self.paths.snapshot),
                 "--work-path", str(self.paths.work), *self._common_flags()]
@@ -295,8 +315,9 @@ class CriuCheckpointer:
     async def _runc_restore(self, start: float) -> RestoredProcess:
         cid = self.container.id
         self.paths.pid_file.unlink(missing_ok=True)
-        if self._masked:
-            self._write_config(masked.restore_externals(self._masked, self._masked_source))
+        externals = self._restore_externals()
+        if externals:
+            self._write_config(externals)
         stdio = self.runtime.new_stdio()
         try:
             result = await self.runtime.runc(
@@ -306,8 +327,10 @@ class CriuCheckpointer:
                 stdio=stdio, timeout_s=self.settings.timeout_s)
         finally:
             stdio.close()
-            if self._masked:
+            if externals:
                 self._write_config()  # a cold start after a failure must not see them
+            self._tmpfs = []
+            await asyncio.to_thread(tmpfs.unmount_all, self.paths.tmpfs)
         if result.returncode != 0:
             tail = log_tail(self.paths.work / "restore.log", TAIL_LINES)
             log.warning("restore failed, images kept", extra={
@@ -361,7 +384,9 @@ class CriuCheckpointer:
         if frozen.freezer is None:
             return None
         self._masked = self._masked_dirs(pid)
-        self._write_config(masked.dump_externals(self._masked))
+        self._tmpfs = self._structural_tmpfs(pid, state)
+        self._write_config(masked.dump_externals(self._masked) +
+                           tmpfs.dump_externals(self._tmpfs))
         dumped_start = _process_start(pid)
         options = direct.DumpOptions(self.criu, self.paths.snapshot, self.paths.work,
                                      frozen.freezer.directory, self.settings.file_locks,
@@ -405,6 +430,13 @@ class CriuCheckpointer:
         lazily = threshold is not None and \
             lazy.image_pages_bytes(self.paths.snapshot) >= threshold << 20
         try:
+            await asyncio.to_thread(tmpfs.prepare, self.paths.tmpfs, self._tmpfs)
+        except OSError as exc:
+            stdio.close()
+            log.error("cannot recreate the container's tmpfs mounts for the restore",
+                      extra={"container": self.container.id, "error": str(exc)})
+            return
+        try:
             image.prepared = direct.prepare_restore(self.criu, image.state, fds,
                                                     self.paths.snapshot, self.paths.work,
                                                     image.cgroup_binds, lazy=lazily,
@@ -423,8 +455,9 @@ class CriuCheckpointer:
         if prepared is None:
             await self._clear_for_runc(image.state)
             return None
-        if self._masked:
-            self._write_config(masked.restore_externals(self._masked, self._masked_source))
+        externals = self._restore_externals()
+        if externals:
+            self._write_config(externals)
         try:
             async with asyncio.timeout(self.settings.timeout_s):
                 pid = await prepared.restore(file_locks=self.settings.file_locks,
@@ -438,8 +471,10 @@ class CriuCheckpointer:
             await self._clear_for_runc(image.state)
             return None
         finally:
-            if self._masked:
+            if externals:
                 self._write_config()
+        self._tmpfs = []
+        await asyncio.to_thread(tmpfs.unmount_all, self.paths.tmpfs)
         duration = time.monotonic() - start
         stats = read_stats([self.paths.work / "stats-restore"])
         daemon = prepared.serving
