@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import os
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from zeropod_criu.checkpointer import CriuCheckpointer
 from zeropod_criu.criuconf import CriuConfig, name_config_in_spec, write_config
 from zeropod_criu.paths import ImagePaths, make_private_dir
 from zeropod_criu.settings import CriuSettings
+from zeropod_criu.tmpfs import unmount_all
 
 pytestmark = pytest.mark.slow
 
@@ -43,8 +44,10 @@ async def _start(lab: Lab, settings: CriuSettings, image: str = "busybox", *,
 
 
 @pytest.fixture
-def direct_settings(tmp_path: Path) -> CriuSettings:
-    return CriuSettings(image_root=tmp_path / "images", kdat_cache=False, mode="direct")
+def direct_settings(tmp_path: Path) -> Iterator[CriuSettings]:
+    settings = CriuSettings(image_root=tmp_path / "images", kdat_cache=False, mode="direct")
+    yield settings
+    unmount_all(settings.image_root)  # the masked directories' source (see .masked)
 
 
 def _read(path: str) -> str:
