@@ -13,7 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from zeropod_core.lab import images
 from zeropod_core.lab.containerd import PrivateContainerd, lab_base
+from zeropod_core.lab.pytest_plugin import LabImages
 
 CRIU_MODES = ("direct", "runc")
 
@@ -33,7 +35,17 @@ def lab_containerd(request: pytest.FixtureRequest) -> Iterator[PrivateContainerd
     daemon = PrivateContainerd.start(lab_base(f"zeropod-test-{request.param}"),
                                      env={"ZEROPOD_CRIU_MODE": request.param})
     try:
+        # imported here, not in a session fixture of its own: pytest may set this fixture up
+        # again for a mode it already had, and a cached image list would then lie
+        for spec in (images.busybox_httpd_spec(), images.counter_app_spec()):
+            daemon.import_image(images.build(spec))
         yield daemon
     finally:
         daemon.stop()
         shutil.rmtree(daemon.base, ignore_errors=True)
+
+
+@pytest.fixture
+def lab_images(lab_containerd: PrivateContainerd) -> LabImages:
+    """The images ``lab_containerd`` imported."""
+    return LabImages(busybox=images.BUSYBOX_HTTPD, counter=images.COUNTER_APP)

@@ -54,6 +54,13 @@ def _read(path: str) -> str:
     return Path(path).read_text()
 
 
+def _assert_cgroups_empty(directories: Sequence[Path]) -> None:
+    """Nothing of the container runs any more (its cgroups may be gone too)."""
+    for directory in directories:
+        procs = directory / "cgroup.procs"
+        assert not procs.exists() or procs.read_text().strip() == "", directory
+
+
 def _runc(container_root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["runc", "--root", str(container_root), *args],
                           capture_output=True, text=True, timeout=30)
@@ -150,9 +157,7 @@ async def test_a_failed_direct_restore_leaves_nothing_half_restored(
         await checkpointer.restore()
 
     assert not _alive(swrk_pid)
-    for directory in cgroup_dirs:
-        procs = directory / "cgroup.procs"
-        assert not procs.exists() or procs.read_text().strip() == "", directory
+    _assert_cgroups_empty(cgroup_dirs)
     assert container.net.pod_pids() == []
     assert await container.state() is None
 
@@ -217,9 +222,7 @@ async def test_a_dying_lazy_daemon_takes_the_app_down_not_half_restored(
     await asyncio.wait_for(asyncio.shield(copy), 30)
 
     assert not _alive(restored.pid), "the app must not run on with missing memory"
-    for directory in cgroup_dirs:
-        procs = directory / "cgroup.procs"
-        assert not procs.exists() or procs.read_text().strip() == "", directory
+    _assert_cgroups_empty(cgroup_dirs)
     assert checkpointer.paths.has_image(), "images are kept for inspection"
     # the core sees the container exit: killed by us (137), or by the kernel first when it
     # touched a page that can no longer be delivered (SIGSEGV/SIGBUS)

@@ -255,14 +255,19 @@ class CriuCheckpointer:
         if result.returncode != 0:
             return await self._checkpoint_failed(result.error, frozen, pid, duration)
         self._dumped = (pid, dumped_start)
+        return self._checkpointed(pid, frozen, duration, "runc", pre_dump=parent)
+
+    def _checkpointed(self, pid: int, frozen: _Frozen, duration: float, path: str, *,
+                      pre_dump: bool = False) -> Outcome:
+        """The outcome of a successful dump (CRIU's stats), logged."""
         stats = read_stats([self.paths.work / "stats-dump", self.paths.snapshot / "stats-dump"])
         stats["prefreeze_us"] = round(frozen.seconds * 1e6)
         outcome = Outcome(ok=True, duration_s=duration, image_bytes=tree_size(self.paths.snapshot),
                           stats=stats)
         log.info("checkpointed", extra={
-            "container": cid, "pid": pid, "duration_ms": round(duration * 1e3, 1),
-            "image_bytes": outcome.image_bytes, "freeze": frozen.method, "path": "runc",
-            "pre_dump": parent, "frozen_time_us": stats.get("frozen_time"),
+            "container": self.container.id, "pid": pid, "duration_ms": round(duration * 1e3, 1),
+            "image_bytes": outcome.image_bytes, "freeze": frozen.method, "path": path,
+            "pre_dump": pre_dump, "frozen_time_us": stats.get("frozen_time"),
             "pages_written": stats.get("pages_written")})
         return outcome
 
@@ -411,16 +416,7 @@ class CriuCheckpointer:
         self._direct = image
         image.preparing = asyncio.get_running_loop().create_task(
             self._prepare_direct(image), name=f"criu-prepare-{cid}")
-        stats = read_stats([self.paths.work / "stats-dump", self.paths.snapshot / "stats-dump"])
-        stats["prefreeze_us"] = round(frozen.seconds * 1e6)
-        outcome = Outcome(ok=True, duration_s=duration, image_bytes=tree_size(self.paths.snapshot),
-                          stats=stats)
-        log.info("checkpointed", extra={
-            "container": cid, "pid": pid, "duration_ms": round(duration * 1e3, 1),
-            "image_bytes": outcome.image_bytes, "freeze": frozen.method, "path": "direct",
-            "frozen_time_us": stats.get("frozen_time"),
-            "pages_written": stats.get("pages_written")})
-        return outcome
+        return self._checkpointed(pid, frozen, duration, "direct")
 
     async def _prepare_direct(self, image: _DirectImage) -> None:
         """Start the swrk for the next restore (after the dump, off the wake-up path)."""
