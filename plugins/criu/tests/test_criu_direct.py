@@ -280,6 +280,7 @@ async def test_structure_only_tmpfs_is_recreated_not_archived(
 
     after = _tmpfs_view(container.pid)
     assert {p: after[p] for p in recreated} == {p: before[p] for p in recreated}
+    await checkpointer._settle()
     assert not list(checkpointer.paths.tmpfs.glob("*")), "host-side mounts are gone"
     out = _runc(container.runc.root, "exec", container.id, "sh", "-c",
                 "echo x > /dev/null && echo y > /dev/shm/f && cat /dev/shm/f")

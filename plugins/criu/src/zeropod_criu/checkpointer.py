@@ -114,6 +114,8 @@ class CriuCheckpointer:
         self._direct: _DirectImage | None = None
         # after a lazy restore: waits for the lazy-pages daemon (see .lazy)
         self._lazy_copy: asyncio.Task[None] | None = None
+        # after a direct restore: config reset, host-side tmpfs detached, images removed
+        self._tidying: asyncio.Task[None] | None = None
 
     # --- the container's CRIU configuration -----------------------------------------------
 
@@ -222,7 +224,7 @@ class CriuCheckpointer:
         return True
 
     async def checkpoint(self) -> Outcome:
-        await self._wait_lazy_copy()
+        await self._settle()
         await self._drop_direct()
         if self.settings.mode == "direct" and not self.pre_dump:
             state = self._direct_state()
@@ -357,6 +359,10 @@ class CriuCheckpointer:
 
     async def discard(self) -> None:
         self._dumped = None
+        tidying, self._tidying = self._tidying, None
+        if tidying is not None:
+            with contextlib.suppress(Exception):
+                await tidying
         if self._lazy_copy is not None:
             self._lazy_copy.cancel()
             with contextlib.suppress(BaseException):
@@ -427,6 +433,9 @@ class CriuCheckpointer:
             lazy.image_pages_bytes(self.paths.snapshot) >= threshold << 20
         try:
             await asyncio.to_thread(tmpfs.prepare, self.paths.tmpfs, self._tmpfs)
+            externals = self._restore_externals()
+            if externals:  # now, not at the wake-up
+                self._write_config(externals)
         except OSError as exc:
             stdio.close()
             log.error("cannot recreate the container's tmpfs mounts for the restore",
@@ -451,9 +460,6 @@ class CriuCheckpointer:
         if prepared is None:
             await self._clear_for_runc(image.state)
             return None
-        externals = self._restore_externals()
-        if externals:
-            self._write_config(externals)
         try:
             async with asyncio.timeout(self.settings.timeout_s):
                 pid = await prepared.restore(file_locks=self.settings.file_locks,
@@ -466,19 +472,16 @@ class CriuCheckpointer:
                 "container": cid, "error": str(exc) or "timed out", "log_tail": tail})
             await self._clear_for_runc(image.state)
             return None
-        finally:
-            if externals:
-                self._write_config()
-        self._tmpfs = []
-        await asyncio.to_thread(tmpfs.unmount_all, self.paths.tmpfs)
         duration = time.monotonic() - start
         stats = read_stats([self.paths.work / "stats-restore"])
         daemon = prepared.serving
-        if daemon is None:
-            await asyncio.to_thread(self.paths.remove_images)
-        else:
+        loop = asyncio.get_running_loop()
+        # the app runs: what is left is tidying up, off the wake-up path (a checkpoint waits)
+        self._tidying = loop.create_task(self._tidy_after_restore(remove_images=daemon is None),
+                                         name=f"criu-tidy-{cid}")
+        if daemon is not None:
             stats["lazy"] = 1
-            self._lazy_copy = asyncio.get_running_loop().create_task(
+            self._lazy_copy = loop.create_task(
                 self._finish_lazy_copy(daemon, image.state, pid, start),
                 name=f"criu-lazy-{cid}")
         log.info("restored", extra={"container": cid, "pid": pid, "path": "direct",
@@ -486,6 +489,24 @@ class CriuCheckpointer:
                                     "duration_ms": round(duration * 1e3, 1),
                                     "restore_time_us": stats.get("restore_time")})
         return RestoredProcess(pid, Outcome(ok=True, duration_s=duration, stats=stats))
+
+    async def _tidy_after_restore(self, *, remove_images: bool) -> None:
+        """Reset the CRIU config, detach the host side of recreated tmpfs mounts, and remove
+        the images (unless a lazy-pages daemon still serves from them)."""
+        if self._masked or self._tmpfs:
+            self._write_config()
+        self._tmpfs = []
+        await asyncio.to_thread(tmpfs.unmount_all, self.paths.tmpfs)
+        if remove_images:
+            await asyncio.to_thread(self.paths.remove_images)
+
+    async def _settle(self) -> None:
+        """Wait for the tidying after the last restore and for a lazy copy in flight."""
+        task, self._tidying = self._tidying, None
+        if task is not None:
+            with contextlib.suppress(Exception):
+                await task
+        await self._wait_lazy_copy()
 
     async def _finish_lazy_copy(self, daemon: lazy.LazyDaemon, state: runcstate.RuncState,
                                 pid: int, start: float) -> None:

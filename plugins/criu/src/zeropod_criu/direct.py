@@ -30,11 +30,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ._pb import criu_rpc_pb2 as rpc
+if TYPE_CHECKING:
+    from ._pb import criu_rpc_pb2 as rpc
 from .lazy import LazyDaemon
 from .runcstate import RuncState
-from .swrk import Swrk, SwrkError, response_error
+from .swrk import Swrk, SwrkError, messages, response_error
 
 log = logging.getLogger("zeropod.criu.direct")
 
@@ -111,7 +113,8 @@ async def dump(state: RuncState, pid: int, options: DumpOptions) -> list[tuple[s
     """
     cgroup_binds = state.cgroup_binds(pid)
     write_descriptors(options.images, pid)
-    request = rpc.criu_req(type=rpc.DUMP)
+    msgs = messages()
+    request: rpc.criu_req = msgs.criu_req(type=msgs.DUMP)
     opts = request.opts
     opts.pid = pid
     opts.root = state.rootfs
@@ -164,7 +167,8 @@ class PreparedRestore:
         way; on failure nothing of the container runs (CRIU kills what it had restored) and
         :class:`DirectError` is raised.
         """
-        request = rpc.criu_req(type=rpc.RESTORE)
+        msgs = messages()
+        request: rpc.criu_req = msgs.criu_req(type=msgs.RESTORE)
         opts = request.opts
         lazy = self.lazy is not None and await self.lazy.wait_ready(LAZY_READY_S)
         if self.lazy is not None and not lazy:

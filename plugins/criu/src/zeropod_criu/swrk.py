@@ -11,7 +11,7 @@ it into the container's cgroups ahead of time.
 The process is spawned with ``posix_spawn`` and never waited for here: in the shim the reaper
 is the only one that may ``waitpid`` (it reaps it as an unclaimed child); a ``pidfd`` taken
 right after the spawn tells whether it still runs. Messages are single SEQPACKET datagrams of
-the protobuf ``criu_req``/``criu_resp`` from :mod:`._pb.criu_rpc_pb2`.
+the protobuf ``criu_req``/``criu_resp`` from :mod:`._pb.criu_rpc_pb2` (imported on first use).
 """
 
 from __future__ import annotations
@@ -26,8 +26,11 @@ import signal
 import socket
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-from ._pb import criu_rpc_pb2 as rpc
+if TYPE_CHECKING:
+    from ._pb import criu_rpc_pb2 as rpc
 
 log = logging.getLogger("zeropod.criu.swrk")
 
@@ -121,6 +124,7 @@ class Swrk:
         Notifications (only sent when ``notify_scripts`` is set) are acknowledged and skipped.
         A closed socket (CRIU crashed) raises :class:`SwrkError`.
         """
+        msgs = messages()
         loop = asyncio.get_running_loop()
         await loop.sock_sendall(self.sock, request.SerializeToString())
         while True:
@@ -128,11 +132,11 @@ class Swrk:
             if not data:
                 raise SwrkError(f"criu swrk {self.pid} closed the connection (it crashed or "
                                 "was killed; see its log)")
-            response = rpc.criu_resp()
+            response: rpc.criu_resp = msgs.criu_resp()
             response.ParseFromString(data)
-            if response.type != rpc.NOTIFY:
+            if response.type != msgs.NOTIFY:
                 return response
-            ack = rpc.criu_req(type=rpc.NOTIFY, notify_success=True)
+            ack = msgs.criu_req(type=msgs.NOTIFY, notify_success=True)
             await loop.sock_sendall(self.sock, ack.SerializeToString())
 
     def kill(self) -> None:
@@ -145,6 +149,13 @@ class Swrk:
         with contextlib.suppress(OSError):
             os.close(self.pidfd)
         self.pidfd = -1
+
+
+def messages() -> ModuleType:
+    """CRIU's RPC messages, imported on first use: the shim imports this plugin at start,
+    and nothing of protobuf should be paid for before the first checkpoint."""
+    from ._pb import criu_rpc_pb2
+    return criu_rpc_pb2
 
 
 def response_error(response: rpc.criu_resp) -> str:
