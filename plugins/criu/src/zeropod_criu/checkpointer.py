@@ -260,7 +260,8 @@ class CriuCheckpointer:
         return self._checkpointed(pid, frozen, duration, "runc", pre_dump=parent)
 
     def _checkpointed(self, pid: int, frozen: _Frozen, duration: float, path: str, *,
-                      pre_dump: bool = False) -> Outcome:
+                      pre_dump: bool = False,
+                      phases_ms: dict[str, float] | None = None) -> Outcome:
         """The outcome of a successful dump (CRIU's stats), logged."""
         stats = read_stats([self.paths.work / "stats-dump", self.paths.snapshot / "stats-dump"])
         stats["prefreeze_us"] = round(frozen.seconds * 1e6)
@@ -270,7 +271,7 @@ class CriuCheckpointer:
             "container": self.container.id, "pid": pid, "duration_ms": round(duration * 1e3, 1),
             "image_bytes": outcome.image_bytes, "freeze": frozen.method, "path": path,
             "pre_dump": pre_dump, "frozen_time_us": stats.get("frozen_time"),
-            "pages_written": stats.get("pages_written")})
+            "pages_written": stats.get("pages_written"), "phases_ms": phases_ms or {}})
         return outcome
 
     async def _checkpoint_failed(self, error: str, frozen: _Frozen, pid: int,
@@ -391,14 +392,17 @@ class CriuCheckpointer:
         cid = self.container.id
         pid = self.runtime.init_pid
         await asyncio.to_thread(self.paths.prepare_checkpoint, pre_dump=False)
+        marks = [("prepare", time.monotonic())]
         frozen = await self._freeze(pid)
         if frozen.freezer is None:
             return None
+        marks.append(("freeze", time.monotonic()))
         self._masked = self._masked_dirs(pid)
         self._tmpfs = self._structural_tmpfs(pid, state)
         self._write_config(masked.dump_externals(self._masked) +
                            tmpfs.dump_externals(self._tmpfs))
         dumped_start = _process_start(pid)
+        marks.append(("mounts", time.monotonic()))
         options = direct.DumpOptions(self.criu, self.paths.snapshot, self.paths.work,
                                      frozen.freezer.directory, self.settings.file_locks,
                                      self.settings.ext_unix_sk, self.settings.log_level)
@@ -415,6 +419,7 @@ class CriuCheckpointer:
                     "container": cid, "error": error, "log_tail": tail})
                 return None
             return await self._checkpoint_failed(error, frozen, pid, time.monotonic() - start)
+        marks.append(("criu", time.monotonic()))
         frozen.freezer.thaw()  # the killed tasks die; the restored ones must not start frozen
         duration = time.monotonic() - start
         self._dumped = (pid, dumped_start)
@@ -422,7 +427,11 @@ class CriuCheckpointer:
         self._direct = image
         image.preparing = asyncio.get_running_loop().create_task(
             self._prepare_direct(image), name=f"criu-prepare-{cid}")
-        return self._checkpointed(pid, frozen, duration, "direct")
+        phases, previous = {}, start
+        for name, at in marks:
+            phases[name] = round((at - previous) * 1e3, 1)
+            previous = at
+        return self._checkpointed(pid, frozen, duration, "direct", phases_ms=phases)
 
     async def _prepare_direct(self, image: _DirectImage) -> None:
         """Start the swrk for the next restore (after the dump, off the wake-up path)."""
@@ -484,8 +493,12 @@ class CriuCheckpointer:
             self._lazy_copy = loop.create_task(
                 self._finish_lazy_copy(daemon, image.state, pid, start),
                 name=f"criu-lazy-{cid}")
+        phases, previous = {}, start
+        for name, at in prepared.timings.items():
+            phases[name] = round((at - previous) * 1e3, 1)
+            previous = at
         log.info("restored", extra={"container": cid, "pid": pid, "path": "direct",
-                                    "lazy": daemon is not None,
+                                    "lazy": daemon is not None, "phases_ms": phases,
                                     "duration_ms": round(duration * 1e3, 1),
                                     "restore_time_us": stats.get("restore_time")})
         return RestoredProcess(pid, Outcome(ok=True, duration_s=duration, stats=stats))

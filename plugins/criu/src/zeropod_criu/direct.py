@@ -154,9 +154,13 @@ class PreparedRestore:
     work: Path
     restore_mounts: list[tuple[str, str]]
     has_netns: bool
+    # runc's state without the fields the restore changes, serialised ahead of time
+    state_head: bytes | None = None
     lazy: LazyDaemon | None = None
     # the lazy daemon after a successful lazy restore: it serves the app, the caller owns it
     serving: LazyDaemon | None = None
+    # time.monotonic() of the restore's steps: request sent, answer read, state.json written
+    timings: dict[str, float] = field(default_factory=dict)
     _closed: bool = field(default=False, repr=False)
 
     async def restore(self, *, file_locks: bool, ext_unix_sk: bool, log_level: int = 4) -> int:
@@ -190,8 +194,10 @@ class PreparedRestore:
             # Only now, and only until the answer: ``runc delete`` (and any rmtree of the
             # state directory) would otherwise delete the root file system through it.
             _bind(self.state.rootfs, self.criu_root)
+            self.timings["request"] = time.monotonic()
             response = await _call(self.swrk, request, self.images, self.work, self.state,
                                    "restore.log", log_level, file_locks, ext_unix_sk)
+            self.timings["answer"] = time.monotonic()
             if response.success and lazy:  # it serves the app now: close() must spare it
                 self.serving, self.lazy = self.lazy, None
         except (SwrkError, OSError) as exc:
@@ -203,7 +209,8 @@ class PreparedRestore:
             raise DirectError(f"criu restore failed: {response_error(response)}")
         pid = int(response.restore.pid)
         try:
-            self.state.record_restored(pid)
+            self.state.record_restored(pid, self.state_head)
+            self.timings["state"] = time.monotonic()
         except OSError as exc:
             # The process runs; runc's view is stale (kill/exec would miss it). Say so loudly.
             log.error("restored, but runc's state could not be updated",
@@ -310,7 +317,7 @@ def prepare_restore(criu: str, state: RuncState, stdio: Sequence[int], images: P
             os.close(netns_fd)
     mounts = [(m.key, m.val) for m in state.restore_mounts(cgroup_binds)]
     prepared = PreparedRestore(state, swrk, list(stdio), criu_root, images, work, mounts,
-                               has_netns=netns is not None)
+                               has_netns=netns is not None, state_head=state.unchanged_json())
     if lazy:
         try:
             prepared.lazy = LazyDaemon.spawn(criu, images, work, log_level)

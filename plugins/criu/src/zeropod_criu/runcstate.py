@@ -30,6 +30,8 @@ _REQUIRED = ("init_process_pid", "init_process_start", "created", "namespace_pat
              "external_descriptors", "cgroup_paths", "config")
 # Hooks runc runs during a restore (CRIU's setup-namespaces notification) or around it.
 _RESTORE_HOOKS = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart")
+_CHANGED_BY_RESTORE = ("init_process_pid", "init_process_start", "created", "namespace_paths",
+                       "external_descriptors")
 _NS_FILES = {"NEWCGROUP": "cgroup", "NEWIPC": "ipc", "NEWNET": "net", "NEWNS": "mnt",
              "NEWPID": "pid", "NEWUSER": "user", "NEWUTS": "uts"}
 
@@ -131,18 +133,30 @@ class RuncState:
                    if d.get("path")]
         return mounts
 
-    def record_restored(self, pid: int) -> None:
-        """Rewrite the fields a restore changes (see the module doc), atomically."""
-        data = dict(self.data)
-        data["init_process_pid"] = pid
-        data["init_process_start"] = process_start(pid)
-        data["created"] = rfc3339_now()
-        data["namespace_paths"] = {key: f"/proc/{pid}/ns/{_NS_FILES.get(key, key)}"
-                                   for key in self.data["namespace_paths"]}
-        data["external_descriptors"] = [os.readlink(f"/proc/{pid}/fd/{fd}")
-                                        for fd in range(3)]
-        write_atomic(self.path, json.dumps(data).encode())
-        object.__setattr__(self, "data", data)
+    def unchanged_json(self) -> bytes:
+        """The state without the fields a restore changes, as a JSON object missing its
+        closing brace: serialised ahead of time (the config is most of the file), so the
+        wake-up only formats five small fields (see :meth:`record_restored`)."""
+        rest = {k: v for k, v in self.data.items() if k not in _CHANGED_BY_RESTORE}
+        return json.dumps(rest).encode()[:-1]
+
+    def record_restored(self, pid: int, unchanged: bytes | None = None) -> None:
+        """Rewrite the fields a restore changes (see the module doc), atomically.
+
+        :param unchanged: :meth:`unchanged_json`, if it was prepared before.
+        """
+        changed = {
+            "init_process_pid": pid,
+            "init_process_start": process_start(pid),
+            "created": rfc3339_now(),
+            "namespace_paths": {key: f"/proc/{pid}/ns/{_NS_FILES.get(key, key)}"
+                                for key in self.data["namespace_paths"]},
+            "external_descriptors": [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in range(3)],
+        }
+        head = unchanged if unchanged is not None else self.unchanged_json()
+        separator = b", " if head != b"{" else b""
+        write_atomic(self.path, head + separator + json.dumps(changed).encode()[1:])
+        object.__setattr__(self, "data", {**self.data, **changed})
 
 
 def _host_dir(host: list[_Mount], inside: _Mount) -> Path | None:
