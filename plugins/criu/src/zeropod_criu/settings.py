@@ -29,7 +29,7 @@ bench) behaves the same:
   wake-up, for a runc or CRIU the direct path does not know).
 * ``ZEROPOD_CRIU_LOG_LEVEL`` (``4``): CRIU's log level (0-4) for direct dumps and restores;
   ``dump.log``/``restore.log`` in the work directory. 0 saves 1-2 ms per restore.
-* ``ZEROPOD_CRIU_LAZY_MIB`` (``64``): in direct mode, restore lazily when the dump holds at
+* ``ZEROPOD_CRIU_LAZY_MIB`` (``32``): in direct mode, restore lazily when the dump holds at
   least this many MiB of memory pages: a ``criu lazy-pages`` daemon (started with the swrk)
   serves the memory from the image after the app already runs (see :mod:`.lazy`); ``0``
   always, ``off`` never.
@@ -94,7 +94,7 @@ class CriuSettings:
     masked_external: bool = True
     mode: str = "direct"
     log_level: int = 4
-    lazy_threshold_mib: int | None = 64
+    lazy_threshold_mib: int | None = 32
     tmpfs_external: bool = True
 
     @property
