@@ -75,6 +75,9 @@ class Workload:
     # idle time before a scale-down: longer than the /crc request takes, which sends no
     # packets while it checksums (a scale-down in the middle would cut it off)
     scaledown: str = "1s"
+    # the cold start of the 1 GiB app is not "2 s": filling and checksumming 1 GiB takes
+    # seconds more, past the activator's 5 s connect timeout on a loaded machine
+    cold_start: bool = True
 
 
 WORKLOADS = [
@@ -83,7 +86,7 @@ WORKLOADS = [
     Workload("100", "python 100 MiB", images.COUNTER_APP, "counter", {"APP_ALLOC_MIB": "100"},
              None, verify_memory=True, scaledown="2s"),
     Workload("1024", "python 1 GiB", images.COUNTER_APP, "counter", {"APP_ALLOC_MIB": "1024"},
-             None, verify_memory=True, scaledown="5s"),
+             None, verify_memory=True, scaledown="5s", cold_start=False),
 ]
 BREAKDOWN = ("peek", "restore", "adopt+redirect off", "connect", "rest")
 
@@ -177,20 +180,24 @@ def zeropod_cycles(workload: Workload, cycles: int, cold_cycles: int) -> Results
             results.image_bytes.append(int(event["image_bytes"]))
         _breakdown(log, "bench-wake", results.wake_s, results)
         container.remove()
-        env = dict(workload.env)
-        command: list[str] = workload.slow_start_command or []
-        if not command:
-            env["APP_START_DELAY"] = "2"
-        cold = daemon.run(workload.image, "bench-cold", runtime=ZEROPOD_RUNTIME,
-                          netns=net.pod_path, env=env, command=command,
-                          annotations={"zeropod.ctrox.dev/scaledown-duration": "1s",
-                                       "zeropod.ctrox.dev/disable-checkpointing": "true"})
-        wait_for_http(net.client_path, net.pod_ip, 8080, deadline_s=30)
-        for _ in range(cold_cycles):
-            net.wait_asleep(60.0)
-            results.cold_s.append(
-                http_get(net.client_path, net.pod_ip, 8080, timeout=30).elapsed_s)
-        cold.remove()
+        if workload.cold_start:
+            env = dict(workload.env)
+            command: list[str] = workload.slow_start_command or []
+            if not command:
+                env["APP_START_DELAY"] = "2"
+            cold = daemon.run(workload.image, "bench-cold", runtime=ZEROPOD_RUNTIME,
+                              netns=net.pod_path, env=env, command=command,
+                              annotations={"zeropod.ctrox.dev/scaledown-duration": "1s",
+                                           "zeropod.ctrox.dev/disable-checkpointing": "true"})
+            wait_for_http(net.client_path, net.pod_ip, 8080, deadline_s=30)
+            for _ in range(cold_cycles):
+                net.wait_asleep(60.0)
+                try:
+                    results.cold_s.append(
+                        http_get(net.client_path, net.pod_ip, 8080, timeout=30).elapsed_s)
+                except HttpError as exc:
+                    print(f"cold start failed: {exc}", file=sys.stderr)
+            cold.remove()
     finally:
         daemon.stop()
         net.delete()
