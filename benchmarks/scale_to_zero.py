@@ -308,11 +308,11 @@ def main() -> int:
     print()
     for workload, r in table:
         wake, base = statistics.median(r.wake_s), statistics.median(r.baseline_s)
-        cold = statistics.median(r.cold_s) if r.cold_s else float("nan")
+        cold = f"{statistics.median(r.cold_s) / wake:.0f}x" if r.cold_s else "-"
         memory = (f", memory verified after {r.memory_checks} wakes, "
                   f"{r.memory_failures} failed" if workload.verify_memory else "")
         print(f"{workload.name}: wake / baseline = {wake / base:.2f}, "
-              f"cold start / wake = {cold / wake:.0f}x, p95/median: checkpoint "
+              f"cold start / wake = {cold}, p95/median: checkpoint "
               f"{_ratio(r.checkpoint_s)}, wake {_ratio(r.wake_s)}; restore path "
               f"{'/'.join(sorted(r.restore_paths)) or '?'}, lazy {r.lazy_restores}/"
               f"{len(r.breakdown_s['restore'])}{memory}")
