@@ -24,6 +24,7 @@ from zpcriu_lab import Lab, LabContainer
 from zeropod_core.model import ContainerInfo
 from zeropod_criu.checkpointer import CriuCheckpointer
 from zeropod_criu.criuconf import CriuConfig, name_config_in_spec, write_config
+from zeropod_criu.lazy import LazyDaemon
 from zeropod_criu.paths import ImagePaths, make_private_dir
 from zeropod_criu.settings import CriuSettings
 from zeropod_criu.tmpfs import unmount_all
@@ -180,6 +181,14 @@ async def _lazy_cycle(lab: Lab, settings: CriuSettings, mib: int) -> tuple[
     return container, checkpointer, first
 
 
+def _prepared_lazy(checkpointer: CriuCheckpointer) -> tuple[Any, LazyDaemon]:
+    """The direct dump's leftovers and the lazy-pages daemon prepared for the restore."""
+    image = checkpointer._direct
+    assert image is not None and image.prepared is not None
+    assert image.prepared.lazy is not None
+    return image, image.prepared.lazy
+
+
 async def test_a_wake_during_the_background_copy_sees_all_memory(
         lab: Lab, lazy_settings: CriuSettings) -> None:
     container, checkpointer, first = await _lazy_cycle(lab, lazy_settings, 200)
@@ -206,11 +215,9 @@ async def test_a_dying_lazy_daemon_takes_the_app_down_not_half_restored(
         lab: Lab, lazy_settings: CriuSettings) -> None:
     """Pages the daemon never delivered would read as zeros: the app must be killed."""
     container, checkpointer, _ = await _lazy_cycle(lab, lazy_settings, 200)
-    image = checkpointer._direct
-    assert image is not None and image.prepared is not None
+    image, daemon = _prepared_lazy(checkpointer)
     cgroup_dirs = image.state.cgroup_dirs
-    assert image.prepared.lazy is not None
-    sh = image.prepared.lazy.pid
+    sh = daemon.pid
     restored = await checkpointer.restore()
     lab.restored(container, restored.pid)
     criu_daemon = [int(p) for p in _read(f"/proc/{sh}/task/{sh}/children").split()]
@@ -232,10 +239,7 @@ async def test_a_dying_lazy_daemon_takes_the_app_down_not_half_restored(
 async def test_a_dead_lazy_daemon_before_the_wake_means_an_eager_restore(
         lab: Lab, lazy_settings: CriuSettings) -> None:
     container, checkpointer, first = await _lazy_cycle(lab, lazy_settings, 80)
-    image = checkpointer._direct
-    assert image is not None and image.prepared is not None
-    daemon = image.prepared.lazy
-    assert daemon is not None
+    _, daemon = _prepared_lazy(checkpointer)
     daemon.kill()
 
     restored = await checkpointer.restore()
