@@ -38,6 +38,7 @@ class ControlPlane:
     apiserver: LabProcess
     controller_manager: LabProcess | None = None
     scheduler: LabProcess | None = None
+    _api: KubeApi | None = None
 
     @property
     def server(self) -> str:
@@ -45,7 +46,9 @@ class ControlPlane:
 
     def api(self) -> KubeApi:
         """A client authenticated as the cluster admin (group system:masters)."""
-        return KubeApi(self.server, self.pki.ca.cert, self.admin)
+        if self._api is None:
+            self._api = KubeApi(self.server, self.pki.ca.cert, self.admin)
+        return self._api
 
     @classmethod
     def start(cls, base: Path, binaries: KubeBinaries, pki: ClusterPki, *,

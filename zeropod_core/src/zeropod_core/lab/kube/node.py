@@ -152,8 +152,11 @@ class KubeNode:
             self.ctr.import_image(archive)
 
     def start_kubelet(self, binaries: KubeBinaries, pki: ClusterPki, server: str,
-                      sandbox_image: str, *, verbosity: int = 1) -> None:
-        """Give the node its credentials and start the kubelet against ``server``."""
+                      sandbox_image: str, *, verbosity: int = 2) -> None:
+        """Give the node its credentials and start the kubelet against ``server``.
+
+        At ``verbosity`` 2 the kubelet logs each kernel tunable it leaves alone.
+        """
         assert self.mounts is not None
         client = pki.issue(f"kubelet-{self.name}", f"system:node:{self.name}",
                            groups=("system:nodes",))
