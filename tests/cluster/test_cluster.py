@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -107,7 +108,7 @@ def test_kubelet_leaves_the_host_sysctls_alone(kube_cluster: KubeCluster) -> Non
               "kernel/keys/root_maxbytes": "25000000"}
     log = kube_cluster.node.base.joinpath("kubelet.log").read_text()
     for key, value in wanted.items():
-        current = open(f"/proc/sys/{key}").read().strip()
+        current = Path("/proc/sys", key).read_text().strip()
         if current != value:  # the kubelet would have changed it: it must have warned instead
             assert f"Invalid kernel flag: {key}, expected value: {value}, actual value: " \
                    f"{current}" in log

@@ -6,6 +6,7 @@ e2e tests' subject.
 
 from __future__ import annotations
 
+import json
 import secrets
 
 import pytest
@@ -27,6 +28,10 @@ def test_zeropod_pod_becomes_ready_and_serves(kube_cluster: KubeCluster) -> None
     kube_cluster.create_pod(manifest)
     try:
         pod = kube_cluster.wait_pod_ready(name)
+        container_id = pod["status"]["containerStatuses"][0]["containerID"]
+        info = json.loads(kube_cluster.node.ctr.ctr(
+            "containers", "info", container_id.removeprefix("containerd://")).stdout)
+        assert info["Runtime"]["Name"] == "io.containerd.zeropod.v2"
         response = wait_for_http(HOST_NETNS, pod["status"]["podIP"], 8080, "/index.html")
         assert response.body == b"hello from zeropod busybox\n"
     finally:
