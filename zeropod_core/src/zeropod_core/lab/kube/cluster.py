@@ -60,6 +60,7 @@ class KubeCluster:
     control_plane: ControlPlane | None = None
     nodes: list[KubeNode] = field(default_factory=list)
     start_seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per start phase
 
     @classmethod
     def start(cls, base: Path | None = None, *, runtimes: Sequence[CriRuntime] = (),
@@ -79,31 +80,45 @@ class KubeCluster:
         binaries = find_binaries()
         base = base or lab_base("zeropod-k8s")
         cluster = cls(base=base, binaries=binaries, pki=ClusterPki(base / "pki", base.name))
+        last = started
+
+        def phase(name: str) -> None:
+            nonlocal last
+            now = time.monotonic()
+            cluster.phases[name] = now - last
+            last = now
+
         try:
             archives = [images.build(spec) for spec in
                         [pause_image_spec(binaries.k8s("pause")),
                          *(default_images() if app_images is None else app_images)]]
+            phase("images built")
             name = f"lab-{secrets.token_hex(3)}-0"
             node = KubeNode.boot(base / "nodes" / name, name, binaries,
                                  sandbox_image=PAUSE_IMAGE, runtimes=runtimes,
                                  subnet=node_subnet, pod_range=pod_range, debug=debug)
             cluster.nodes.append(node)
+            phase("node booted")
             plane = ControlPlane.start(base / "control-plane", binaries, cluster.pki,
                                        advertise_address=node.node_ip)
             cluster.control_plane = plane
             node.import_images(archives)  # while the apiserver starts
+            phase("images imported")
             plane.wait_ready(timeout=timeout)
+            phase("apiserver ready")
             plane.start_controllers(binaries)
             node.start_kubelet(binaries, cluster.pki, plane.server, PAUSE_IMAGE)
             cluster.wait_node_ready(node, timeout=timeout)
+            phase("node ready")
             wait_until("the default ServiceAccount's token", cluster._default_token_exists,
                        timeout=timeout, watch=cluster.processes())
+            phase("token ready")
         except BaseException:
             cluster.stop()
             raise
         cluster.start_seconds = time.monotonic() - started
         log.info("cluster ready", extra={"base": str(base), "seconds": cluster.start_seconds,
-                                         "node_ip": node.node_ip})
+                                         "phases": cluster.phases, "node_ip": node.node_ip})
         return cluster
 
     def __enter__(self) -> KubeCluster:
