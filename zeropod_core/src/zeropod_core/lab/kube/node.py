@@ -94,12 +94,12 @@ class KubeNode:
 
     @property
     def containerd_socket(self) -> Path:
-        return self.containerd_base / "containerd.sock"
+        return self.ctr.address
 
     @property
     def opt_bin(self) -> Path:
         """containerd's opt ``bin/`` folder: first on its PATH, where shims are looked up."""
-        return self.containerd_base / "opt" / "bin"
+        return self.ctr.opt_bin
 
     @property
     def node_ip(self) -> str:
