@@ -137,3 +137,11 @@ def test_builtin_probe_classifier_through_the_hook() -> None:
         b"GET /healthz HTTP/1.1\r\nHost: x\r\nUser-Agent: kube-probe/1.30\r\n\r\n")) == "probe"
     assert classify(container=container, peek=b"GET / HTTP/1.1\r\nHost: x\r\n\r\n") == "wake"
     assert classify(container=container, peek=b"\x16\x03\x01 tls hello") == "wake"
+
+
+def test_a_probe_whose_head_does_not_fit_the_buffer_wakes() -> None:
+    from zeropod_core.builtin.probes import is_kube_probe
+
+    head = b"GET / HTTP/1.1\r\nHost: x\r\nUser-Agent: kube-probe/1.20\r\nX-Pad: " + b"p" * 200
+    assert is_kube_probe(head + b"\r\n\r\n")
+    assert not is_kube_probe(head[:64])  # peeked only probe-buffer-size bytes: a wake

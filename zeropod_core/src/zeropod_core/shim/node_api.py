@@ -39,9 +39,21 @@ _PHASES = {Phase.RUNNING: "RUNNING", Phase.SCALED_DOWN: "SCALED_DOWN",
            Phase.CHECKPOINTING: "RUNNING", Phase.RESTORING: "SCALED_DOWN"}
 
 
+_MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes
+
+
 def node_socket_path(shim_socket: str) -> str:
+    """``<ZEROPOD_SOCKET_DIR>/<shim socket name>.sock``, or a shorter hashed name when that
+    would not fit a unix socket address (a deep socket folder). The manager finds every
+    ``*.sock`` in the folder, whatever its name."""
     folder = os.environ.get("ZEROPOD_SOCKET_DIR", DEFAULT_SOCKET_DIR)
-    return os.path.join(folder, os.path.basename(shim_socket) + ".sock")
+    path = os.path.join(folder, os.path.basename(shim_socket) + ".sock")
+    if len(path) <= _MAX_SOCKET_PATH:
+        return path
+    import hashlib  # only for deep folders
+
+    digest = hashlib.sha256(shim_socket.encode()).hexdigest()[:24]
+    return os.path.join(folder, f"zp-{digest}.sock")
 
 
 def status_message(status: ContainerStatus) -> Any:
