@@ -23,32 +23,12 @@ from zeropod_core.lab import images
 from zeropod_core.lab.containerd import shim_env
 from zeropod_core.lab.http import http_get, wait_for_http
 from zeropod_core.lab.kube import KubeCluster
+from zeropod_core.lab.kube.workloads import counter_container, zeropod_pod
 from zeropod_core.lab.manager import LabManager
 
 from .test_cluster import HOST_NETNS
 
 pytestmark = pytest.mark.cluster
-
-SCALEDOWN = {"zeropod.ctrox.dev/scaledown-duration": "2s"}
-# /crc answers without counting: the counter then counts only the test's own requests
-PROBES = {
-    "readinessProbe": {"httpGet": {"path": "/crc", "port": 8080}, "periodSeconds": 1},
-    "livenessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 2},
-}
-
-
-def counter_container(name: str = "app", **extra: Any) -> dict[str, Any]:
-    return {"name": name, "image": images.COUNTER_APP, "imagePullPolicy": "Never",
-            **PROBES, **extra}
-
-
-def zeropod_pod(name: str, containers: list[dict[str, Any]],
-                annotations: dict[str, str] | None = None, grace_s: int = 3) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "annotations": {**SCALEDOWN, **(annotations or {})}},
-            "spec": {"runtimeClassName": "zeropod", "containers": containers,
-                     "terminationGracePeriodSeconds": grace_s}}
-
 
 @pytest.fixture(scope="module")
 def node_manager(kube_cluster: KubeCluster,
@@ -313,3 +293,14 @@ def test_restarting_the_node_daemons_while_it_sleeps_loses_nothing(
     statuses = kube_cluster.api().get(
         f"/api/v1/namespaces/default/pods/{name}")["status"]["containerStatuses"]
     assert statuses[0]["restartCount"] == 0, "the container was restarted, its state lost"
+
+
+def test_the_kubernetes_demo_runs(kube_cluster: KubeCluster) -> None:
+    """``zeropod demo --kubernetes`` (a cluster of its own beside the session's)."""
+    import sys
+    binary = Path(sys.executable).with_name("zeropod")
+    out = subprocess.run([str(binary), "demo", "--kubernetes"], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count("woken up") == 3 and '"count": 4' in out.stdout, out.stdout
+    assert "kubectl exec: hello from kubectl exec" in out.stdout
