@@ -46,7 +46,7 @@ async def _run(mib: int, rounds: int) -> list[dict[str, object]]:
     ca = ClusterCA.create()
     source, target = ca.issue("source", ["127.0.0.1"]), ca.issue("target", ["127.0.0.1"])
     work = Path(tempfile.mkdtemp(prefix="zeropod-migration-bench-"))
-    rows = []
+    rows: list[dict[str, object]] = []
     try:
         for kind in ("random", "sparse"):
             _make(work / "src", kind, mib)
