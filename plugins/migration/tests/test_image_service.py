@@ -14,7 +14,7 @@ import os
 import socket
 import ssl
 import stat
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -184,10 +184,10 @@ async def test_a_stream_broken_midway_leaves_nothing(tmp_path: Path, server_a: I
     assert _leftovers(dest.parent) == []
 
 
-def _corrupting(folder: Path, compression: str) -> Iterator[Any]:
+def _corrupting(folder: Path, compression: str, extras: Mapping[str, Path]) -> Iterator[Any]:
     """The normal stream with one byte of the third data chunk flipped."""
     seen = 0
-    for chunk in ImageSender(folder, compression=compression).chunks():
+    for chunk in ImageSender(folder, compression=compression, extras=extras).chunks():
         if chunk.WhichOneof("kind") == "data":
             seen += 1
             if seen == 3:

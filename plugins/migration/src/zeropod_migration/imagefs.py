@@ -17,11 +17,12 @@ checksum leaves nothing behind (:meth:`ImageReceiver.abort`).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import secrets
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -58,33 +59,46 @@ class SendStats:
     compressed_files: int = 0
 
 
-def _entries(root: Path) -> Iterator[tuple[str, os.stat_result]]:
-    """(relative path, lstat) of everything below ``root``, parents before children."""
+def _entries(root: Path, prefix: str = "") -> Iterator[tuple[str, Path, os.stat_result]]:
+    """(path in the image, path on disk, lstat) of everything below ``root``, parents
+    before children; ``prefix`` puts them below a folder of the image."""
+    if prefix:
+        yield prefix, root, root.lstat()
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         base = Path(dirpath)
         for name in sorted(dirnames) + sorted(filenames):
             full = base / name
-            yield full.relative_to(root).as_posix(), full.lstat()
+            rel = full.relative_to(root).as_posix()
+            yield (f"{prefix}/{rel}" if prefix else rel), full, full.lstat()
 
 
 class ImageSender:
     """Produces the chunk messages of one image folder (blocking: run it in a thread)."""
 
     def __init__(self, root: Path, *, compression: str = "auto",
-                 chunk_size: int = CHUNK_SIZE) -> None:
+                 chunk_size: int = CHUNK_SIZE, extras: Mapping[str, Path] | None = None) -> None:
+        """:param extras: more folders to send, each below the image folder named by its key
+            (the container's overlay upper dir as ``upper``)."""
         if compression not in COMPRESSION_MODES:
             raise ValueError(f"unknown compression {compression!r} (one of "
                              f"{', '.join(COMPRESSION_MODES)})")
         if not root.is_dir():
             raise FileNotFoundError(f"no image folder {root}")
         self.root, self.compression, self.chunk_size = root, compression, chunk_size
+        self.extras = dict(extras or {})
+        for name in self.extras:
+            safe_relative(name)
+            if (root / name).exists():
+                raise ValueError(f"{root / name} exists: cannot send another folder as {name}")
         self.stats = SendStats()
         self._compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
 
     def chunks(self) -> Iterator[Any]:
         image_hash = hashlib.sha256()
-        for rel, st in _entries(self.root):
+        entries = itertools.chain(_entries(self.root), *(
+            _entries(folder, name) for name, folder in sorted(self.extras.items())))
+        for rel, full, st in entries:
             header = pb.FileHeader(path=rel, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid,
                                    gid=st.st_gid)
             if stat.S_ISDIR(st.st_mode):
@@ -92,17 +106,17 @@ class ImageSender:
                 yield pb.ImageChunk(file=header)
             elif stat.S_ISLNK(st.st_mode):
                 header.kind = pb.SYMLINK
-                header.link_target = os.readlink(self.root / rel)
+                header.link_target = os.readlink(full)
                 yield pb.ImageChunk(file=header)
             elif stat.S_ISREG(st.st_mode):
-                yield from self._file(rel, header, image_hash)
+                yield from self._file(rel, full, header, image_hash)
         yield pb.ImageChunk(image_end=pb.ImageEnd(
             sha256=image_hash.digest(), files=self.stats.files, bytes=self.stats.raw_bytes))
 
-    def _file(self, rel: str, header: Any, image_hash: Any) -> Iterator[Any]:
+    def _file(self, rel: str, full: Path, header: Any, image_hash: Any) -> Iterator[Any]:
         digest = hashlib.sha256()
         size = 0
-        with open(self.root / rel, "rb") as source:
+        with open(full, "rb") as source:
             first = source.read(self.chunk_size)
             encoded_first = first
             compress = False

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ import grpc
 
 from ._pb import transfer_pb2 as pb
 from ._pb import transfer_pb2_grpc as pb_grpc
+from .annotations import UPPER, SourceInfo
 from .imagefs import COMPRESSION_MODES, ImageReceiver, ImageSender, TransferError
 from .tls import NodeCredentials
 
@@ -39,7 +40,8 @@ _MESSAGE_LIMIT = 8 << 20
 _OPTIONS = [("grpc.max_send_message_length", _MESSAGE_LIMIT),
             ("grpc.max_receive_message_length", _MESSAGE_LIMIT)]
 
-ChunkSource = Callable[[Path, str], Iterator[Any]]
+# (image folder, compression, extra folders by name in the image) -> the stream's messages
+ChunkSource = Callable[[Path, str, Mapping[str, Path]], Iterator[Any]]
 
 
 def check_image_id(image_id: str) -> str:
@@ -49,8 +51,19 @@ def check_image_id(image_id: str) -> str:
     return image_id
 
 
-def _send_chunks(folder: Path, compression: str) -> Iterator[Any]:
-    return ImageSender(folder, compression=compression).chunks()
+def _send_chunks(folder: Path, compression: str, extras: Mapping[str, Path]) -> Iterator[Any]:
+    return ImageSender(folder, compression=compression, extras=extras).chunks()
+
+
+def _extras(image_dir: Path) -> dict[str, Path]:
+    """The container's files (its overlay upper dir) when its shim said they travel."""
+    source = SourceInfo.load(image_dir)
+    if source is None or not source.migrate_data or not source.upper_dir:
+        return {}
+    upper = Path(source.upper_dir)
+    if not upper.is_dir() or (image_dir / IMAGE_SUBDIR / UPPER).exists():
+        return {}
+    return {UPPER: upper}
 
 
 class ImageTransferServicer(pb_grpc.ImageTransferServicer):
@@ -74,7 +87,7 @@ class ImageTransferServicer(pb_grpc.ImageTransferServicer):
         peer = _peer_name(context)
         log.info("image pull started", extra={"image": request.image_id, "peer": peer})
         started = time.monotonic()
-        chunks = self._chunks(folder, compression)
+        chunks = self._chunks(folder, compression, _extras(folder.parent))
         count = 0
         while True:
             chunk = await asyncio.to_thread(next, chunks, None)
