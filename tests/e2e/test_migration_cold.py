@@ -167,7 +167,6 @@ def test_a_sleeping_container_moves_to_another_node_without_starting(
     target = _run_counter(node_b, net_b, "mig-dst")
     try:
         # the target starts asleep: nothing runs in its pod until the first connection
-        time.sleep(0.5)
         assert net_b.pod_pids() == []
         assert target.status() == "RUNNING"
         assert int(str(_get(net_b)["count"])) == count + 1  # restored with its memory
@@ -199,3 +198,60 @@ def test_the_manager_reports_the_image_service(nodes: tuple[Node, Node]) -> None
     for node in nodes:
         health = json.loads(node.manager.get("/healthz"))
         assert health["capabilities"]["migration_service"] == f"serving on {node.address}"
+
+
+def test_when_the_source_is_unreachable_the_target_starts_fresh(
+        nodes: tuple[Node, Node], networks: tuple[PodNetwork, PodNetwork]) -> None:
+    """The source node's manager is down: the pull fails, nothing is left, the target
+    container starts as a new app."""
+    from zeropod_migration.imagefs import TransferError
+    from zeropod_migration.receive import receive_image
+    from zeropod_migration.tls import NodeCredentials
+
+    _, node_b = nodes
+    _, net_b = networks
+    with pytest.raises(TransferError, match="UNAVAILABLE"):
+        asyncio.run(receive_image(f"127.0.0.1:{_free_port()}",
+                                  NodeCredentials.load(node_b.tls_dir), "mig-gone",
+                                  node_b.containerd.image_root, "mig-new", timeout_s=5))
+    assert not (node_b.containerd.image_root / "mig-new").exists()
+    target = _run_counter(node_b, net_b, "mig-new")
+    try:
+        wait_for_http(net_b.client_path, net_b.pod_ip, 8080, deadline_s=30)
+        assert _get(net_b)["count"] == 2
+    finally:
+        target.remove()
+    assert not (node_b.containerd.image_root / "mig-new").exists()
+
+
+def test_a_sleeping_container_moves_on_the_same_node(
+        nodes: tuple[Node, Node], networks: tuple[PodNetwork, PodNetwork]) -> None:
+    """Same node: the image is renamed, not transferred; files and memory come along."""
+    from zeropod_migration.annotations import SourceInfo
+    from zeropod_migration.receive import adopt_local_image
+
+    node_a, _ = nodes
+    net_1, net_2 = networks
+    source = _run_counter(node_a, net_1, "same-src")
+    wait_for_http(net_1.client_path, net_1.pod_ip, 8080, deadline_s=30)
+    count = int(str(_get(net_1)["count"]))
+    _exec(node_a, "same-src", "/usr/bin/python3", "-c",
+          "open('/note.txt', 'w').write('same node')")
+    net_1.wait_asleep(timeout=20)
+    base = _wait_image(node_a, "same-src")
+    info = SourceInfo.load(base)
+    assert info is not None and info.migrate_data
+    received = adopt_local_image(node_a.containerd.image_root, "same-src", "same-dst",
+                                 upper_dir=Path(info.upper_dir))
+    assert received.ports == (8080,)
+    source.remove()
+    target = _run_counter(node_a, net_2, "same-dst")
+    try:
+        assert int(str(_get(net_2)["count"])) == count + 1
+        assert _exec(node_a, "same-dst", "/usr/bin/python3", "-c",
+                     "print(open('/note.txt').read(), end='')") == "same node"
+    finally:
+        target.remove()
+    leftovers = [p.name for p in node_a.containerd.image_root.iterdir()
+                 if p.name.startswith("same-")]
+    assert leftovers == []

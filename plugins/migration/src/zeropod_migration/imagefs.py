@@ -16,6 +16,7 @@ checksum leaves nothing behind (:meth:`ImageReceiver.abort`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import os
@@ -175,10 +176,14 @@ class ImageReceiver:
     _decompressor: Any = field(default_factory=zstandard.ZstdDecompressor)
     _done: bool = False
     _dir_modes: list[tuple[Path, int]] = field(default_factory=list)
+    _made: list[Path] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.dest.exists():
             raise TransferError(f"destination {self.dest} exists already")
+        # the folders made for the image go again on failure (nothing is left behind)
+        self._made = [p for p in (self.dest.parent, *self.dest.parent.parents)
+                      if not p.exists()]
         self.dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.staging = self.dest.with_name(f".{self.dest.name}.partial-{secrets.token_hex(4)}")
         self.staging.mkdir(mode=0o700)
@@ -284,3 +289,6 @@ class ImageReceiver:
             self._out.close()
             self._out = None
         shutil.rmtree(self.staging, ignore_errors=True)
+        for folder in self._made:  # innermost first; only while still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()

@@ -149,23 +149,27 @@ class Scaler:
                         extra={"container": self.info.id})
         self.arm()
 
-    def begin_asleep(self, ports: Sequence[int]) -> None:
+    async def begin_asleep(self, ports: Sequence[int]) -> None:
         """The container starts scaled down from an image another node sent (nothing runs):
-        the activator listens on ``ports`` (the annotation's ports win) with the redirect on,
-        and the first connection or exec restores it. The idle timer starts after that."""
+        the activator listens on ``ports`` (the annotation's ports win) with the redirect on
+        when this returns, so no connection after ``Start`` is refused; the first connection
+        or exec restores it. The idle timer starts after that."""
         self.phase = Phase.SCALED_DOWN
         self.ports = list(self.settings.ports or ports)
-        self._setup = asyncio.get_running_loop().create_task(
-            self._set_up_asleep(), name=f"scaler-setup-{self.info.id}")
-        self._setup.add_done_callback(_log_failure)
+        await self._set_up_asleep()
 
     async def _set_up_asleep(self) -> None:
         async with self.lock:  # a wake-up by exec waits until the redirect is in place
             if self.tracker is not None and self.ports:
                 await self.tracker.track(self.ports)
             if self.redirector is not None and self.ports:
-                await self._start_activator(self.redirector)
-                await self.redirector.redirect(self.ports)
+                try:
+                    await self._start_activator(self.redirector)
+                    await self.redirector.redirect(self.ports)
+                except Exception:  # Start must not fail: an exec still wakes it
+                    log.exception("cannot redirect the ports of a container that arrived "
+                                  "asleep: it wakes only through exec",
+                                  extra={"container": self.info.id})
             else:
                 log.warning("no redirector (or no ports): a container that arrives asleep "
                             "wakes only through exec", extra={"container": self.info.id})

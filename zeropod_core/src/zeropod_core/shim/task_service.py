@@ -461,7 +461,7 @@ class TaskService:
                 self.publisher.publish(events.TaskStart(container_id=req.id, pid=process.pid))
                 if container.scaler is not None and process.state is State.RUNNING:
                     if container.incoming is not None:
-                        container.scaler.begin_asleep(container.incoming.ports)
+                        await container.scaler.begin_asleep(container.incoming.ports)
                     else:
                         container.scaler.begin()
             else:
