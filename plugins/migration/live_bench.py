@@ -184,8 +184,8 @@ async def one_round(work: Path, rootfs: Path, mib: int, ca: ClusterCA, *,
         work_b.mkdir()
         lazy = subprocess.Popen(  # noqa: ASYNC220 - started, never waited for here
             ["criu", "lazy-pages", "--page-server", "--address", "127.0.0.1", "--port",
-             str(ps_port if direct else tp_port), "--images-dir", str(image_b), "--work-dir", str(work_b),
-             "-o", "lazy-pages.log", "-v4"])
+             str(ps_port if direct else tp_port), "--images-dir", str(image_b),
+             "--work-dir", str(work_b), "-o", "lazy-pages.log", "-v4"])
         procs.append(lazy)
         while not (work_b / "lazy-pages.socket").exists():
             if lazy.poll() is not None:

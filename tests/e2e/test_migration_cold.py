@@ -182,16 +182,21 @@ def test_a_sleeping_container_moves_to_another_node_without_starting(
     assert not (node_b.containerd.image_root / "mig-dst").exists()
 
 
-def test_without_an_image_the_target_starts_fresh(
-        nodes: tuple[Node, Node], networks: tuple[PodNetwork, PodNetwork]) -> None:
-    _, node_b = nodes
-    _, net_b = networks
-    target = _run_counter(node_b, net_b, "mig-fresh")
+def _starts_fresh(node: Node, net: PodNetwork, container_id: str) -> None:
+    """A container with the migrate annotation but no image starts as a new app, and
+    nothing of it is left afterwards."""
+    target = _run_counter(node, net, container_id)
     try:
-        wait_for_http(net_b.client_path, net_b.pod_ip, 8080, deadline_s=30)
-        assert _get(net_b)["count"] == 2  # a fresh app: only wait_for_http asked before
+        wait_for_http(net.client_path, net.pod_ip, 8080, deadline_s=30)
+        assert _get(net)["count"] == 2  # a fresh app: only wait_for_http asked before
     finally:
         target.remove()
+    assert not (node.containerd.image_root / container_id).exists()
+
+
+def test_without_an_image_the_target_starts_fresh(
+        nodes: tuple[Node, Node], networks: tuple[PodNetwork, PodNetwork]) -> None:
+    _starts_fresh(nodes[1], networks[1], "mig-fresh")
 
 
 def test_the_manager_reports_the_image_service(nodes: tuple[Node, Node]) -> None:
@@ -215,13 +220,7 @@ def test_when_the_source_is_unreachable_the_target_starts_fresh(
                                   NodeCredentials.load(node_b.tls_dir), "mig-gone",
                                   node_b.containerd.image_root, "mig-new", timeout_s=5))
     assert not (node_b.containerd.image_root / "mig-new").exists()
-    target = _run_counter(node_b, net_b, "mig-new")
-    try:
-        wait_for_http(net_b.client_path, net_b.pod_ip, 8080, deadline_s=30)
-        assert _get(net_b)["count"] == 2
-    finally:
-        target.remove()
-    assert not (node_b.containerd.image_root / "mig-new").exists()
+    _starts_fresh(node_b, net_b, "mig-new")
 
 
 def test_a_sleeping_container_moves_on_the_same_node(

@@ -56,10 +56,15 @@ async def _fetch(port: int) -> tuple[bytes, bytes]:
     return request, data
 
 
-async def test_pages_cross_the_proxies_unchanged(ca: ClusterCA, upstream: str) -> None:
+async def _source(ca: ClusterCA, upstream: str) -> SourceProxy:
     source = SourceProxy(ca.issue("node-a", ["127.0.0.1"]), upstream=upstream,
                          listen=("127.0.0.1", 0))
     await source.start()
+    return source
+
+
+async def test_pages_cross_the_proxies_unchanged(ca: ClusterCA, upstream: str) -> None:
+    source = await _source(ca, upstream)
     target = TargetProxy(ca.issue("node-b", ["127.0.0.1"]),
                          remote=("127.0.0.1", source.listen_port))
     port = await target.start()
@@ -74,9 +79,7 @@ async def test_pages_cross_the_proxies_unchanged(ca: ClusterCA, upstream: str) -
 
 
 async def test_a_proxy_of_another_ca_gets_nothing(ca: ClusterCA, upstream: str) -> None:
-    source = SourceProxy(ca.issue("node-a", ["127.0.0.1"]), upstream=upstream,
-                         listen=("127.0.0.1", 0))
-    await source.start()
+    source = await _source(ca, upstream)
     stranger = TargetProxy(ClusterCA.create("other").issue("x", ["127.0.0.1"]),
                            remote=("127.0.0.1", source.listen_port))
     port = await stranger.start()
@@ -101,9 +104,7 @@ def _handshake(port: int, creds: NodeCredentials, folder: Path, version: ssl.TLS
 
 async def test_the_source_proxy_speaks_only_tls_1_3(ca: ClusterCA, upstream: str,
                                                      tmp_path: Path) -> None:
-    source = SourceProxy(ca.issue("node-a", ["127.0.0.1"]), upstream=upstream,
-                         listen=("127.0.0.1", 0))
-    await source.start()
+    source = await _source(ca, upstream)
     client = ca.issue("node-b", ["127.0.0.1"])
     try:
         assert await asyncio.to_thread(_handshake, source.listen_port, client, tmp_path,
