@@ -20,10 +20,10 @@ for two nodes, each container in its own pod/client namespaces. Per round:
 "freeze" runs from the start of the dump to the first response on the target (the app
 answers nobody in between); "total" until the source has handed over every page.
 
-Status on the project's machines (CRIU 4.2.1, kernel 6.18): steps 1-4 work up to the first
-page request; then CRIU's page server on the source fails (``page-pipe: tee: 65536: Operation
-not permitted`` in the dump log), ``criu lazy-pages`` reports "Remote side closed connection"
-and the restore fails. The script raises with the tails of the logs; see docs/migration.md.
+CRIU's page server sizes its pipes up to 4 MiB: the script raises
+``/proc/sys/fs/pipe-max-size`` to that for its run when it is lower (root without
+CAP_SYS_RESOURCE cannot exceed it; CRIU then fails with ``page-pipe: tee: 65536: Operation
+not permitted``) and puts the old value back. ``--direct`` leaves the proxies out.
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ def _bundle(folder: Path, rootfs: Path, net: PodNetwork, mib: int) -> Path:
     spec["process"].update(terminal=False, args=image.cmd, cwd="/",
                            env=[*image.env, f"APP_ALLOC_MIB={mib}"])
     spec["root"] = {"path": str(rootfs), "readonly": False}
+    spec["linux"]["cgroupsPath"] = f"/zplive-{folder.name}-{secrets.token_hex(3)}"
     spec["linux"]["namespaces"] = [
         {"type": "network", "path": str(net.pod_path)} if ns["type"] == "network" else ns
         for ns in spec["linux"]["namespaces"]]
@@ -237,6 +238,22 @@ async def one_round(work: Path, rootfs: Path, mib: int, ca: ClusterCA, *,
         shutil.rmtree(dst_dir, ignore_errors=True)
 
 
+PIPE_MAX_SIZE = Path("/proc/sys/fs/pipe-max-size")
+CRIU_PIPE_BYTES = 4 << 20  # CRIU's page server sizes its pipes up to 1024 pages
+
+
+def raise_pipe_max_size() -> int | None:
+    """CRIU's lazy page server needs pipes of 4 MiB; above ``pipe-max-size`` (1 MiB by
+    default) only CAP_SYS_RESOURCE may make them, which root lacks on these VMs. Returns the
+    old value to put back, None when nothing changed."""
+    old = int(PIPE_MAX_SIZE.read_text())
+    if old >= CRIU_PIPE_BYTES:
+        return None
+    PIPE_MAX_SIZE.write_text(str(CRIU_PIPE_BYTES))
+    print(f"raised {PIPE_MAX_SIZE} from {old} to {CRIU_PIPE_BYTES} for this run")
+    return old
+
+
 async def run(mib: int, rounds: int, direct: bool = False) -> list[Round]:
     work = Path(tempfile.mkdtemp(prefix="zeropod-live-"))
     try:
@@ -254,7 +271,12 @@ def main() -> None:
     parser.add_argument("--direct", action="store_true",
                         help="criu lazy-pages talks to the page server directly (no proxies)")
     args = parser.parse_args()
-    results = asyncio.run(run(args.mib, args.rounds, args.direct))
+    old_pipe_max = raise_pipe_max_size()
+    try:
+        results = asyncio.run(run(args.mib, args.rounds, args.direct))
+    finally:
+        if old_pipe_max is not None:
+            PIPE_MAX_SIZE.write_text(str(old_pipe_max))
     print(f"live migration, {args.mib} MiB, {len(results)} rounds (median, min-max)")
     for name in ("freeze_s", "total_s", "dump_ready_s", "pull_s", "restore_s"):
         values = [getattr(r, name) * 1000 for r in results]
