@@ -35,6 +35,8 @@ async def test_the_manager_serves_images_with_a_node_certificate_it_issued(
     try:
         health = json.loads(manager.get("/healthz"))
         assert health["capabilities"]["migration_service"] == f"serving on 127.0.0.1:{port}"
+        live = health["capabilities"]["live_migration"]
+        assert isinstance(live["available"], bool) and (live["available"] or live["reason"])
         assert NodeCredentials.load(tls_dir).node_name == "node-a"
         make_image(tmp_path / "images", "c1", random_mib=1)
         client = ca.issue("node-b", ["127.0.0.1"])
@@ -63,3 +65,29 @@ def test_a_malformed_listen_address_is_named(value: str) -> None:
 
     with pytest.raises(ValueError, match="ZEROPOD_MIGRATION_LISTEN"):
         MigrationSettings.from_mapping({"ZEROPOD_MIGRATION_LISTEN": value})
+
+
+def _fake_proc(tmp_path: Path, *, uffd: bool, pipe_max: int, cap_eff: str) -> Path:
+    proc = tmp_path / "proc"
+    (proc / "sys/vm").mkdir(parents=True)
+    (proc / "sys/fs").mkdir(parents=True)
+    (proc / "self").mkdir()
+    if uffd:
+        (proc / "sys/vm/unprivileged_userfaultfd").write_text("0\n")
+    (proc / "sys/fs/pipe-max-size").write_text(f"{pipe_max}\n")
+    (proc / "self/status").write_text(f"Name:\tx\nCapEff:\t{cap_eff}\n")
+    return proc
+
+
+def test_live_migration_support_says_why_not(tmp_path: Path) -> None:
+    from zeropod_migration.capabilities import live_migration_support
+
+    no_resource, full = "000001fffeffffff", "000001ffffffffff"
+    cases = [((False, 4 << 20, full), False, "userfaultfd"),
+             ((True, 1 << 20, no_resource), False, "pipe-max-size"),
+             ((True, 1 << 20, full), True, ""),
+             ((True, 4 << 20, no_resource), True, "")]
+    for index, ((uffd, pipe_max, caps), available, reason) in enumerate(cases):
+        proc = _fake_proc(tmp_path / str(index), uffd=uffd, pipe_max=pipe_max, cap_eff=caps)
+        result = live_migration_support(proc)
+        assert result["available"] is available and reason in str(result["reason"]), result

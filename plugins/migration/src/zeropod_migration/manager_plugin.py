@@ -2,7 +2,7 @@
 
 Provides the node-to-node image service (:class:`~.service.ImageServer`) through
 ``zeropod_make_migration_service`` and says in ``/healthz`` whether this node can serve and
-pull images, and why not when it cannot (no TLS material).
+pull images, and whether live migration can work here, with the reason when not.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 from zeropod_core import hookimpl
 
+from .capabilities import live_migration_support
 from .service import ImageServer
 from .settings import MigrationSettings
 from .tls import TlsSetupError, node_credentials
@@ -37,5 +38,5 @@ def zeropod_make_migration_service(settings: Mapping[str, str]) -> ImageServer |
 
 @hookimpl
 def zeropod_node_capabilities() -> Mapping[str, object]:
-    """Whether the image service runs (cold migration) on this node."""
-    return dict(_status)
+    """Whether the image service runs (cold migration) and live migration can work here."""
+    return {**_status, "live_migration": live_migration_support()}
