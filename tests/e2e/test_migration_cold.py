@@ -138,6 +138,20 @@ def _wait_image(node: Node, container_id: str, timeout: float = 15.0) -> Path:
     return base
 
 
+def _sleeping_source(node: Node, net: PodNetwork, container_id: str, note: str,
+                     text: str) -> tuple[LabContainer, int, Path]:
+    """A counter app that answered a few requests, wrote ``text`` into ``note`` in its own
+    filesystem (the exec wakes it), and is asleep again with a complete image: the
+    container, its last count and its image folder."""
+    container = _run_counter(node, net, container_id)
+    wait_for_http(net.client_path, net.pod_ip, 8080, deadline_s=30)
+    for _ in range(3):
+        count = int(str(_get(net)["count"]))
+    _exec(node, container_id, "/usr/bin/python3", "-c", f"open({note!r}, 'w').write({text!r})")
+    net.wait_asleep(timeout=20)
+    return container, count, _wait_image(node, container_id)
+
+
 def _pull(source: Node, target: Node, source_id: str, target_id: str) -> object:
     """What target's manager does when it claims a migration: pull the image over mTLS."""
     from zeropod_migration.receive import receive_image
@@ -152,15 +166,8 @@ def test_a_sleeping_container_moves_to_another_node_without_starting(
         nodes: tuple[Node, Node], networks: tuple[PodNetwork, PodNetwork]) -> None:
     node_a, node_b = nodes
     net_a, net_b = networks
-    source = _run_counter(node_a, net_a, "mig-src")
-    wait_for_http(net_a.client_path, net_a.pod_ip, 8080, deadline_s=30)
-    for _ in range(3):
-        count = int(str(_get(net_a)["count"]))
-    # a file in the container's own filesystem (the exec wakes it; it goes back to sleep)
-    _exec(node_a, "mig-src", "/usr/bin/python3", "-c",
-          "open('/var-note.txt', 'w').write('written on node a')")
-    net_a.wait_asleep(timeout=20)
-    base_a = _wait_image(node_a, "mig-src")
+    source, count, base_a = _sleeping_source(node_a, net_a, "mig-src", "/var-note.txt",
+                                             "written on node a")
 
     received = _pull(node_a, node_b, "mig-src", "mig-dst")
     assert received.ports == (8080,)  # type: ignore[attr-defined]
@@ -231,13 +238,7 @@ def test_a_sleeping_container_moves_on_the_same_node(
 
     node_a, _ = nodes
     net_1, net_2 = networks
-    source = _run_counter(node_a, net_1, "same-src")
-    wait_for_http(net_1.client_path, net_1.pod_ip, 8080, deadline_s=30)
-    count = int(str(_get(net_1)["count"]))
-    _exec(node_a, "same-src", "/usr/bin/python3", "-c",
-          "open('/note.txt', 'w').write('same node')")
-    net_1.wait_asleep(timeout=20)
-    base = _wait_image(node_a, "same-src")
+    source, count, base = _sleeping_source(node_a, net_1, "same-src", "/note.txt", "same node")
     info = SourceInfo.load(base)
     assert info is not None and info.migrate_data
     received = adopt_local_image(node_a.containerd.image_root, "same-src", "same-dst",
