@@ -8,9 +8,10 @@ B with the migrate annotation starts *scaled down* from that image, and the firs
 restores it: the counter continues, the memory checks out, the file is there. Then the source
 is removed and nothing of it is left on A.
 
-Both containerds run with ``ZEROPOD_CRIU_MASKED_EXTERNAL=false``: the criu plugin keeps the
-list of masked mounts of a dump in memory only, so a restore on another node would miss it
-(see docs/migration.md).
+Both containerds run with ``ZEROPOD_CRIU_MASKED_EXTERNAL=false`` and
+``ZEROPOD_CRIU_TMPFS_EXTERNAL=false``: the criu plugin keeps the list of the mounts it made
+external at a dump (masked folders, recreated tmpfs) in memory only, so a restore on another
+node would miss it (see docs/migration.md).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from zeropod_core.lab.netns import PodNetwork
 pytestmark = pytest.mark.containerd
 
 MIGRATE = "zeropod.ctrox.dev/migrate"
-NODE_ENV = {"ZEROPOD_CRIU_MASKED_EXTERNAL": "false"}
+NODE_ENV = {"ZEROPOD_CRIU_MASKED_EXTERNAL": "false", "ZEROPOD_CRIU_TMPFS_EXTERNAL": "false"}
 ALLOC_MIB = "32"
 
 
