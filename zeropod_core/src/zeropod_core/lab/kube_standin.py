@@ -100,6 +100,7 @@ class StandinApi:
     forbidden: set[tuple[str, str]] = field(default_factory=set)
     _failures: list[int] = field(default_factory=list)
     _revision: int = 100
+    _conflicts: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -111,6 +112,7 @@ class StandinApi:
         meta = pod.setdefault("metadata", {})
         meta.setdefault("namespace", "default")
         meta.setdefault("uid", str(uuid.uuid4()))
+        pod.setdefault("status", {})["qosClass"] = qos_class(pod)
         with self.lock:
             self._bump(pod)
             self.pods[(meta["namespace"], meta["name"])] = pod
@@ -127,6 +129,11 @@ class StandinApi:
             pod["metadata"].setdefault("labels", {})["touched"] = str(self._revision)
             self._bump(pod)
 
+    def conflict_next(self, count: int) -> None:
+        """The next ``count`` pod updates lose a race: someone else updated the pod first."""
+        with self.lock:
+            self._conflicts += count
+
     def fail_next(self, count: int, status: int = 503) -> None:
         """Answer the next ``count`` requests with ``status`` (the API down or overloaded)."""
         with self.lock:
@@ -142,7 +149,7 @@ class StandinApi:
             if self._failures:
                 status = self._failures.pop(0)
                 return status, _status(status, "ServiceUnavailable", "the stand-in is down")
-            if path == "/version":
+            if path.rstrip("/") == "/version":
                 minor = self.version.split(".")[1]
                 return 200, {"major": "1", "minor": minor,
                              "gitVersion": f"v{self.version}.0-standin"}
@@ -197,6 +204,9 @@ class StandinApi:
                                 {"name": name, "kind": "pods"})
         if method == "GET":
             return 200, copy.deepcopy(current)
+        if self._conflicts:
+            self._conflicts -= 1
+            self._bump(current)
         if body.get("metadata", {}).get("resourceVersion") != \
                 current["metadata"]["resourceVersion"]:
             return 409, _status(409, "Conflict",

@@ -152,8 +152,9 @@ class KubeApi:
                 raise KubeUnavailable("no Kubernetes configuration: not in a cluster "
                                       "(KUBERNETES_SERVICE_HOST unset) and no --kubeconfig")
         except (OSError, config.ConfigException) as exc:
-            raise KubeUnavailable(f"loading the Kubernetes configuration failed: {exc}") \
-                from exc
+            source = settings.kubeconfig or "the in-cluster service account"
+            raise KubeUnavailable(f"loading the Kubernetes configuration from {source} "
+                                  f"failed: {exc}") from exc
         return cls(settings, client.ApiClient(configuration), str(configuration.host))
 
     def _call(self, method: Any, *args: Any, **kwargs: Any) -> Any:

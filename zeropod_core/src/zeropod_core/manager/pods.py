@@ -19,9 +19,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import copy
+import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from zeropod_core.model import ContainerStatus, Phase
@@ -95,20 +96,27 @@ class PodUpdater:
 
     async def _handle(self, status: ContainerStatus) -> None:
         info = status.container
-        pod = await self._retrying(status, "update the pod", self._update_metadata, status)
+        pod = await self._retrying(
+            status, "update the pod", lambda: asyncio.to_thread(self._update_metadata, status))
         if pod is None:
             return
         log.info("pod updated", extra={
             "pod": f"{info.pod_namespace}/{info.pod_name}", "container": info.container_name,
             "phase": status.phase.value,
             "latency_s": round(time.time() - status.event_time, 4)})
-        if self.resizer is not None and status.phase in (Phase.RUNNING, Phase.SCALED_DOWN):
-            await self.resizer.resize(status, pod)
+        resizer = self.resizer
+        if resizer is not None and status.phase in (Phase.RUNNING, Phase.SCALED_DOWN):
+            try:
+                await self._retrying(status, "resize the pod",
+                                     lambda: resizer.resize(status, pod))
+            except KubeError as exc:
+                self._refused(status, exc)
         for impl in reversed(self.pm.hook.zeropod_pod_updated.get_hookimpls()):
+            kwargs = _arguments(impl.argnames, status=status, pod=pod, kube=self.kube)
             try:
                 await self._retrying(status, f"run {impl.plugin_name}'s zeropod_pod_updated",
-                                     impl.function, **_arguments(impl.argnames, status=status,
-                                                                 pod=pod, kube=self.kube))
+                                     functools.partial(asyncio.to_thread, impl.function,
+                                                       **kwargs))
             except KubeError as exc:
                 self._refused(status, exc)
             except Exception:
@@ -116,12 +124,12 @@ class PodUpdater:
                                                            "plugin": impl.plugin_name})
 
     async def _retrying(self, status: ContainerStatus, what: str,
-                        call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run ``call`` in a worker thread; retry with a back-off while the API is down."""
+                        attempt: Callable[[], Awaitable[Any]]) -> Any:
+        """Await ``attempt()``; again, with a back-off, while the API is unreachable."""
         delay, started = RETRY_FIRST_S, time.monotonic()
         while True:
             try:
-                return await asyncio.to_thread(call, *args, **kwargs)
+                return await attempt()
             except KubeError as exc:
                 if not exc.unreachable or time.monotonic() - started > RETRY_GIVE_UP_S:
                     raise
