@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from zeropod_kube_status import manager_plugin as status_plugin
-from zeropod_resize import manager_plugin as resize_plugin
 
 from zeropod_core.lab.kube_standin import StandinApi
 from zeropod_core.manager.kube import KubeApi, KubeSettings
@@ -25,6 +23,9 @@ from zeropod_core.manager.main import Manager
 from zeropod_core.manager.pods import PodUpdater
 from zeropod_core.model import ContainerInfo, ContainerStatus, Phase, RoleName
 from zeropod_core.plugins import make_plugin_manager
+from zeropod_kube_status import manager_plugin as status_plugin
+from zeropod_resize import manager_plugin as resize_plugin
+from zeropod_resize.manager_plugin import InPlaceResizer
 
 ALL = {"status_labels": True, "status_events": True, "in_place_scaling": True}
 LABEL = "status.zeropod.ctrox.dev/app"
@@ -109,7 +110,7 @@ async def test_labels_annotations_resize_and_events_follow_the_phases(
     # one GET, one PUT (labels + annotations together), one resize, one event
     assert [m for m, _ in api.calls[calls:]] == ["GET", "PUT", "PUT", "POST"]
     assert api.calls[calls + 2][1].endswith("/pods/web/resize")
-    assert updater.resizer is not None and getattr(updater.resizer, "subresource") is True
+    assert isinstance(updater.resizer, InPlaceResizer) and updater.resizer.subresource is True
 
     calls = len(api.calls)
     await _feed(updater, _status("web", Phase.RUNNING, 0.127))
@@ -180,7 +181,7 @@ async def test_without_the_resize_subresource_a_plain_update_resizes(
     updater = _updater(kubeconfig)
     await _feed(updater, _status("old", Phase.SCALED_DOWN, 0.1))
     assert _requests(api.pod("old")) == {"cpu": "1m"}
-    assert getattr(updater.resizer, "subresource") is False
+    assert isinstance(updater.resizer, InPlaceResizer) and updater.resizer.subresource is False
     resizes = sum(path.endswith("/resize") for _, path in api.calls)
     await _feed(updater, _status("old", Phase.RUNNING, 0.1))
     assert _requests(api.pod("old")) == {"cpu": "200m"}
