@@ -181,8 +181,9 @@ class PodUpdater:
         self._refusals.add(key)
         hint = ""
         if exc.status == 403:
-            hint = ("; the manager's service account lacks an RBAC rule: apply deploy/ "
-                    "(ClusterRoles zeropod:pod-updater and zeropod:event-creator)")
+            hint = ("; the manager's service account lacks an RBAC rule: apply "
+                    "deploy/base/rbac-kube-status.yaml (ClusterRoles zeropod:pod-updater, "
+                    "zeropod:event-creator)")
         log.error("Kubernetes refused a call for a status event: %s%s", exc, hint, extra={
             "pod": f"{info.pod_namespace}/{info.pod_name}", "phase": status.phase.value,
             "status": exc.status, "reason": exc.reason})
