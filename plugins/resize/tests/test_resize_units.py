@@ -7,6 +7,7 @@ from typing import Any
 
 from zeropod_core.model import Phase
 from zeropod_resize.manager_plugin import resized, save_requests, saved_requests
+from zeropod_resize.shim_plugin import without_shrunk_weight
 
 
 def _pod(*containers: tuple[str, dict[str, str], dict[str, str]]) -> dict[str, Any]:
@@ -59,3 +60,13 @@ def test_a_malformed_annotation_restores_nothing() -> None:
     pod = _pod(("app", {"cpu": "1m"}, {}))
     pod["metadata"]["annotations"] = {"zeropod.ctrox.dev/cpu-requests": "{not json"}
     assert saved_requests(pod, "app") == {}
+
+
+def test_the_shrunk_cpu_weight_is_not_kept_for_the_wake() -> None:
+    assert without_shrunk_weight({"cpu": {"shares": 2, "quota": 50000, "period": 100000},
+                                  "memory": {"limit": 1 << 28}}) == {
+        "cpu": {"quota": 50000, "period": 100000}, "memory": {"limit": 1 << 28}}
+    assert without_shrunk_weight({"cpu": {"shares": 2}, "memory": {"limit": 5}}) == {
+        "memory": {"limit": 5}}
+    assert without_shrunk_weight({"cpu": {"shares": 512}}) is None  # a real change: kept
+    assert without_shrunk_weight({"memory": {"limit": 5}}) is None
