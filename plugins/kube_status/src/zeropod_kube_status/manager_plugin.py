@@ -79,9 +79,10 @@ def make_event(status: ContainerStatus, pod: dict[str, Any], node: str) -> dict[
                            "resourceVersion": meta.get("resourceVersion", ""),
                            "fieldPath": f"spec.containers{{{status.container.container_name}}}"},
         "reason": reason, "message": message, "type": kind, "action": reason,
+        # No eventTime: the client re-serialises it from a datetime, without the fraction
+        # when it is .000000, which the apiserver's MicroTime parser rejects.
         "firstTimestamp": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "lastTimestamp": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "eventTime": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "count": 1,
+        "lastTimestamp": when.strftime("%Y-%m-%dT%H:%M:%SZ"), "count": 1,
         "source": {"component": CONTROLLER, "host": node},
         "reportingComponent": CONTROLLER, "reportingInstance": node,
     }

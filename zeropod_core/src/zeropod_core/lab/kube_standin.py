@@ -181,9 +181,24 @@ class StandinApi:
         meta["namespace"] = namespace
         if not meta.get("name"):
             meta["name"] = meta.get("generateName", "event-") + uuid.uuid4().hex[:5]
-        for key in ("involvedObject", "reason", "message"):
+        # JSON key -> the field the apiserver's message names (Go: ReportingController)
+        required = {"involvedObject": "involvedObject", "reason": "reason"}
+        if event.get("eventTime") and not re.search(r"T\d\d:\d\d:\d\d\.\d{6}",
+                                                    event["eventTime"]):
+            return 400, _status(400, "BadRequest", f'parsing time "{event["eventTime"]}": '
+                                                   "MicroTime needs 6 fractional digits")
+        if event.get("eventTime"):  # the apiserver's rules for events with an eventTime
+            required |= {"reportingComponent": "reportingController",
+                         "reportingInstance": "reportingInstance", "action": "action"}
+            if len(event.get("message", "")) > 1024:
+                return 422, _status(422, "Invalid", "message: Too long: must have at most "
+                                                    "1024 bytes")
+        for key, field_name in required.items():
             if not event.get(key):
-                return 422, _status(422, "Invalid", f"{key}: Required value")
+                return 422, _status(422, "Invalid", f"{field_name}: Required value")
+        if event["involvedObject"].get("namespace", namespace) != namespace:
+            return 422, _status(422, "Invalid", "involvedObject.namespace: Invalid value: "
+                                                "does not match event.namespace")
         self.events.append(event)
         return 201, event
 
