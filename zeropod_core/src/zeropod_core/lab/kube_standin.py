@@ -285,7 +285,7 @@ class StandinApi:
                 pass
 
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        thread = threading.Thread(target=server.serve_forever, name="kube-standin",
+        thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="kube-standin",
                                   daemon=True)
         thread.start()
         kubeconfig = folder / "standin.kubeconfig"

@@ -155,6 +155,8 @@ class KubeApi:
             source = settings.kubeconfig or "the in-cluster service account"
             raise KubeUnavailable(f"loading the Kubernetes configuration from {source} "
                                   f"failed: {exc}") from exc
+        # no silent retries inside the client: the pod updater retries, and logs it
+        configuration.retries = 0
         return cls(settings, client.ApiClient(configuration), str(configuration.host))
 
     def _call(self, method: Any, *args: Any, **kwargs: Any) -> Any:
