@@ -111,6 +111,8 @@ class PodUpdater:
                                      lambda: resizer.resize(status, pod))
             except KubeError as exc:
                 self._refused(status, exc)
+            except Exception:  # a broken resizer must not cost the event
+                log.exception("resizing the pod failed", extra={"pod": info.pod_name})
         for impl in reversed(self.pm.hook.zeropod_pod_updated.get_hookimpls()):
             kwargs = _arguments(impl.argnames, status=status, pod=pod, kube=self.kube)
             try:
