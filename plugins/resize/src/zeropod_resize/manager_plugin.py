@@ -121,7 +121,9 @@ class InPlaceResizer:
                     pod = self.kube.get_pod(info.pod_namespace, info.pod_name)
                     continue
                 if exc.status == 422:
-                    self._tell_once(pod, f"the API refused the in-place resize ({exc.message});"
+                    # the first line: a real apiserver appends a diff of the whole spec
+                    reason = exc.message.splitlines()[0][:400] if exc.message else exc.reason
+                    self._tell_once(pod, f"the API refused the in-place resize ({reason});"
                                          " in-place resize needs Kubernetes >= 1.27 with the "
                                          "InPlacePodVerticalScaling feature (on by default "
                                          "since 1.33)")
