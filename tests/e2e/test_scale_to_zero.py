@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from zeropod_core.lab.cgroupfs import v1_value
 from zeropod_core.lab.containerd import ZEROPOD_RUNTIME, LabContainer, PrivateContainerd
 from zeropod_core.lab.http import HttpResponse, http_get, wait_for_http
 from zeropod_core.lab.netns import PodNetwork, socket_in
@@ -231,14 +232,6 @@ def test_a_sleeping_container_looks_running(
     assert _count(pod_network) >= 2  # and it still wakes with its state
 
 
-def _cgroup_value(pid: int, controller: str, name: str) -> int:
-    """A v1 controller's value for the cgroup of ``pid``."""
-    with open(f"/proc/{pid}/cgroup") as lines:
-        path = next(line.rstrip().split(":", 2)[2] for line in lines
-                    if controller in line.split(":")[1].split(","))
-    return int(Path(f"/sys/fs/cgroup/{controller}{path}/{name}").read_text())
-
-
 def test_the_last_update_while_asleep_is_applied_after_the_wake(
     counter: Callable[..., LabContainer], pod_network: PodNetwork,
     lab_containerd: PrivateContainerd
@@ -247,7 +240,7 @@ def test_the_last_update_while_asleep_is_applied_after_the_wake(
     container must run with the resources of the last one, not those it was created with."""
     container = counter()
     first = pod_network.pod_pids()[0]
-    created_with = _cgroup_value(first, "memory", "memory.limit_in_bytes")
+    created_with = v1_value(first, "memory", "memory.limit_in_bytes")
     pod_network.wait_asleep()
     address = lab_containerd.shim_address(container.id)
     update_resources(address, container.id,
@@ -259,12 +252,12 @@ def test_the_last_update_while_asleep_is_applied_after_the_wake(
     pid = pod_network.pod_pids()[0]
     assert pid != first
     assert created_with != 123 << 20
-    assert _cgroup_value(pid, "memory", "memory.limit_in_bytes") == 123 << 20
-    assert _cgroup_value(pid, "cpu", "cpu.shares") == 512
+    assert v1_value(pid, "memory", "memory.limit_in_bytes") == 123 << 20
+    assert v1_value(pid, "cpu", "cpu.shares") == 512
     assert _count(pod_network) == before + 1  # state kept through it all
     # while running, an Update applies at once
     update_resources(address, container.id, {"memory": {"limit": 150 << 20}})
-    assert _cgroup_value(pid, "memory", "memory.limit_in_bytes") == 150 << 20
+    assert v1_value(pid, "memory", "memory.limit_in_bytes") == 150 << 20
 
 
 def _masks(pid: int) -> dict[str, tuple[str, str]]:

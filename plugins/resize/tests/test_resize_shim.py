@@ -4,10 +4,10 @@ the last Update of its sleep was the kubelet applying the manager's 1m CPU reque
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
+from zeropod_core.lab.cgroupfs import v1_value
 from zeropod_core.lab.containerd import ZEROPOD_RUNTIME, LabContainer, PrivateContainerd
 from zeropod_core.lab.http import http_get, wait_for_http
 from zeropod_core.lab.netns import PodNetwork
@@ -15,13 +15,6 @@ from zeropod_core.lab.pytest_plugin import LabImages
 from zeropod_core.lab.taskapi import update_resources
 
 pytestmark = pytest.mark.containerd
-
-
-def _cgroup_value(pid: int, controller: str, name: str) -> int:
-    with open(f"/proc/{pid}/cgroup") as lines:
-        path = next(line.rstrip().split(":", 2)[2] for line in lines
-                    if controller in line.split(":")[1].split(","))
-    return int(Path(f"/sys/fs/cgroup/{controller}{path}/{name}").read_text())
 
 
 def test_the_shrink_echo_does_not_starve_the_woken_container(
@@ -32,7 +25,7 @@ def test_the_shrink_echo_does_not_starve_the_woken_container(
                               annotations={"zeropod.ctrox.dev/scaledown-duration": "1s"})
     wait_for_http(pod_network.client_path, pod_network.pod_ip, 8080, deadline_s=20)
     first = pod_network.pod_pids()[0]
-    created_shares = _cgroup_value(first, "cpu", "cpu.shares")
+    created_shares = v1_value(first, "cpu", "cpu.shares")
     assert created_shares > 2
     pod_network.wait_asleep()
     # what the kubelet sends for requests cpu: 1m with a memory limit changed meanwhile
@@ -42,5 +35,5 @@ def test_the_shrink_echo_does_not_starve_the_woken_container(
                     timeout=20).status == 200
     pid = pod_network.pod_pids()[0]
     assert pid != first
-    assert _cgroup_value(pid, "cpu", "cpu.shares") == created_shares
-    assert _cgroup_value(pid, "memory", "memory.limit_in_bytes") == 99 << 20
+    assert v1_value(pid, "cpu", "cpu.shares") == created_shares
+    assert v1_value(pid, "memory", "memory.limit_in_bytes") == 99 << 20
