@@ -184,7 +184,10 @@ def test_sigkill_leaves_no_process_behind(client: ContainerdClient,
 
 # --- 4. checkpoint and restore through containerd's API ------------------------------------
 
-COUNTER = ["sh", "-c", "i=0; while true; do i=$((i+1)); echo $i > /tmp/n; sleep 0.05; done"]
+# The count lives in the shell's memory; it is written out only when asked (SIGUSR1), so no
+# file is open or changing at the checkpoint (CRIU refuses to restore a file that changed).
+COUNTER = ["sh", "-c", "i=0; trap 'echo $i > /tmp/n' USR1; "
+                       "while true; do i=$((i+1)); sleep 0.05; done"]
 
 
 @pytest.fixture
@@ -203,7 +206,9 @@ def _checkpoint_options(legacy: bool, *, exit: bool = False) -> Any:
 
 def _read_counter(client: ContainerdClient, container_id: str, exec_id: str) -> int:
     fifos = client.fifos(f"{container_id}-{exec_id}")
-    client.exec(container_id, exec_id, ["cat", "/tmp/n"], fifos)
+    client.exec(container_id, exec_id, ["sh", "-c", "rm -f /tmp/n; kill -USR1 1; "
+                                        "while [ ! -s /tmp/n ]; do sleep 0.01; done; cat /tmp/n"],
+                fifos)
     client.start(container_id, exec_id)
     client.wait(container_id, exec_id)
     out, _ = fifos.read_until_eof("stdout", EOF_TIMEOUT_S)

@@ -81,7 +81,49 @@ def test_idle_container_is_checkpointed_and_woken_with_its_state(
     assert stat.S_IMODE((lab_containerd.image_root / container.id).stat().st_mode) == 0o700
     assert container.status() == "RUNNING"  # containerd still sees it running
     assert _count(pod_network) == before + 1  # the state survived the checkpoint
-    assert not snapshot.exists() or not any(snapshot.iterdir())  # images gone after restore
+    # images go after the restore (in direct mode just after it, off the wake-up path)
+    deadline = time.monotonic() + 10
+    while snapshot.exists() and any(snapshot.iterdir()):
+        assert time.monotonic() < deadline, "images still there 10 s after the restore"
+        time.sleep(0.02)
+
+
+def _restore_paths(daemon: PrivateContainerd, container_id: str) -> list[str]:
+    """The ``path`` of every "restored" line the criu plugin logged for the container."""
+    paths = []
+    for line in (daemon.base / "containerd.log").read_text().splitlines():
+        if line.startswith("{") and '"restored"' in line and container_id in line:
+            entry = json.loads(line)
+            if entry.get("container") == container_id and "path" in entry:
+                paths.append(entry["path"])
+    return paths
+
+
+def test_wakes_go_the_configured_path_and_runc_keeps_track(
+    counter: Callable[..., LabContainer], pod_network: PodNetwork,
+    lab_containerd: PrivateContainerd
+) -> None:
+    """Direct mode restores without runc, runc mode through it; either way runc's own view
+    of the container (``runc state``, ``runc exec``) is the restored process afterwards."""
+    container = counter()
+    count = _count(pod_network)
+    for _ in range(2):
+        pod_network.wait_asleep()
+        count += 1
+        assert _count(pod_network) == count
+    mode = lab_containerd.env["ZEROPOD_CRIU_MODE"]
+    assert _restore_paths(lab_containerd, container.id) == [mode, mode]
+    # the shim's runc root: the directory of the container's state.json below --runc-root
+    roots = [p.parent.parent for p in lab_containerd.runc_root.rglob("state.json")
+             if p.parent.name == container.id]
+    assert len(roots) == 1, roots
+    runc = ["runc", "--root", str(roots[0])]
+    state = json.loads(subprocess.run([*runc, "state", container.id], capture_output=True,
+                                      text=True, check=True).stdout)
+    assert state["status"] == "running" and [state["pid"]] == pod_network.pod_pids()
+    out = subprocess.run([*runc, "exec", container.id, "/usr/bin/python3", "-c",
+                          "import os; print(os.getpid())"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip().isdigit(), out
 
 
 def test_repeated_cycles_keep_counting(

@@ -30,7 +30,8 @@ async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
         await lab.close()
 
 
-@pytest.fixture
-def settings(tmp_path: Path) -> CriuSettings:
-    """Plugin settings with a private image root (kdat handling is tested on its own)."""
-    return CriuSettings(image_root=tmp_path / "images", kdat_cache=False)
+@pytest.fixture(params=["direct", "runc"])
+def settings(tmp_path: Path, request: pytest.FixtureRequest) -> CriuSettings:
+    """Plugin settings with a private image root (kdat handling is tested on its own), once
+    per mode: CRIU's RPC from the shim (``direct``) and ``runc checkpoint``/``restore``."""
+    return CriuSettings(image_root=tmp_path / "images", kdat_cache=False, mode=request.param)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from zpcriu_lab import APP_PORT, Lab, LabContainer, Prober
 
 from zeropod_core.lab.netns import socket_in
 from zeropod_core.model import Outcome
+from zeropod_core.procfs import is_alive
 from zeropod_criu.checkpointer import CriuCheckpointer, CriuRestoreError
 from zeropod_criu.criuconf import (
     CRIU_CONFIG_ANNOTATION,
@@ -26,19 +28,12 @@ from zeropod_criu.settings import CriuSettings
 pytestmark = pytest.mark.slow
 
 
-async def _start(lab: Lab, settings: CriuSettings, image: str = "busybox") -> LabContainer:
+async def _start(lab: Lab, settings: CriuSettings, image: str = "busybox", *,
+                 env: Sequence[str] = ()) -> LabContainer:
     """A container whose spec names the plugin's CRIU config, as zeropod_modify_spec does."""
     write_config(settings.criu_config, CriuConfig())
-    return await lab.start(image, modify_spec=lambda info, spec: name_config_in_spec(
+    return await lab.start(image, env=env, modify_spec=lambda info, spec: name_config_in_spec(
         spec, settings.criu_config, container_id=info.id))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return False
-    return state not in ("Z", "X")
 
 
 def _parent(pid: int) -> int:
@@ -70,8 +65,12 @@ async def test_checkpoint_stops_the_app_and_writes_a_private_image(
     outcome = await checkpointer.checkpoint()
 
     assert outcome.ok, (outcome.error, outcome.log_tail)
-    assert not _alive(pid), "runc checkpoint must kill the container's processes"
-    assert await container.state() is None, "runc forgets a checkpointed container"
+    assert not is_alive(pid), "the dump must kill the container's processes"
+    state = await container.state()
+    if settings.mode == "runc":
+        assert state is None, "runc forgets a checkpointed container"
+    else:
+        assert state is not None and state["status"] == "stopped", "runc's record stays"
     paths = checkpointer.paths
     assert paths.has_image()
     for directory in (paths.base, paths.snapshot, paths.work):
@@ -101,11 +100,12 @@ async def test_restore_serves_again_with_its_memory(lab: Lab, settings: CriuSett
     body = (await container.get()).json()
     assert body["count"] > first["count"] + 1, "the counter lives in memory: it must go on"
     assert body["started"] == first["started"]
-    assert container.pid != old_pid and _alive(container.pid)
+    assert container.pid != old_pid and is_alive(container.pid)
     assert body["pid"] == 1  # PID 1 in the container's namespace, new on the host
     assert _parent(container.pid) == os.getpid(), "the restored init is the subreaper's child"
     state = await container.state()
     assert state is not None and state["status"] == "running" and state["pid"] == container.pid
+    await checkpointer._settle()  # direct mode tidies up after the wake-up, off its path
     assert not checkpointer.paths.snapshot.exists(), "images are removed after a restore"
     assert (checkpointer.paths.work / "restore.log").exists(), "logs stay for diagnosis"
     print(f"\nrestore -> first HTTP response {first_response_s * 1e3:.1f} ms")
@@ -179,7 +179,7 @@ async def test_failed_checkpoint_keeps_the_app_running(
         assert "criu failed" in outcome.error
         assert "--tcp-established" in outcome.log_tail
         assert len(outcome.log_tail.splitlines()) == 20
-        assert _alive(pid) and container.pid == pid
+        assert is_alive(pid) and container.pid == pid
         freezer = Freezer.for_pid(pid)
         assert freezer is not None and freezer.state() == "THAWED"
         state = await container.state()
@@ -208,7 +208,10 @@ async def test_failed_restore_raises_with_the_log_tail_and_keeps_the_images(
 
     error = info.value
     assert "runc restore" in str(error) and "criu failed" in error.runc_error
-    assert "Can't read pages data" in error.log_tail and "restore.log" in str(error)
+    # the cause; under load CRIU's cgroup helper may log a few lines after it, past the tail
+    restore_log = (checkpointer.paths.work / "restore.log").read_text()
+    assert "Can't read pages data" in restore_log and "restore.log" in str(error)
+    assert "Restoring FAILED" in error.log_tail or "Can't read pages data" in error.log_tail
     assert len(error.log_tail.splitlines()) == 20
     assert checkpointer.paths.has_image(), "images are kept for inspection"
     assert await container.state() is None, "runc leaves nothing behind: a cold start can follow"
@@ -236,5 +239,5 @@ async def test_restore_waits_for_the_dumped_init_to_be_reaped(
     restored = await checkpointer.restore()  # no await in between that lets the reaper run
     lab.restored(container, restored.pid)
     assert (await container.wait_http()).status == 200
-    assert _alive(restored.pid)
+    assert is_alive(restored.pid)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import time
@@ -13,7 +14,7 @@ import pytest
 from zeropod_core.model import ContainerInfo
 from zeropod_core.providers import Checkpointer, RuncResult, StdioPipes
 from zeropod_criu import features as features_mod
-from zeropod_criu import kdat
+from zeropod_criu import kdat, runcstate
 from zeropod_criu.checkpointer import CriuCheckpointer, CriuRestoreError
 from zeropod_criu.criuconf import (
     CRIU_CONFIG_ANNOTATION,
@@ -595,3 +596,42 @@ def test_find_orphans_touches_only_what_nothing_alive_owns(tmp_path: Path) -> No
     old = time.time() - UNOWNED_GRACE_S - 10
     os.utime(folders["unowned-old"], (old, old))
     assert find_orphans(tmp_path, ["listed"]) == [folders["owned-dead"], folders["unowned-old"]]
+
+
+def test_runc_state_after_a_restore_changes_only_the_five_fields(tmp_path: Path) -> None:
+    data = {"id": "c1", "init_process_pid": 1, "init_process_start": 5, "created": "then",
+            "config": {"rootfs": "/r", "labels": ["org.criu.config=/x.conf"],
+                       "namespaces": [{"type": "NEWNET", "path": "/run/netns/p"}]},
+            "namespace_paths": {"NEWNET": "/proc/1/ns/net", "NEWPID": "/proc/1/ns/pid"},
+            "external_descriptors": ["pipe:[1]"], "cgroup_paths": {}, "rootless": False}
+    (tmp_path / "c1").mkdir()
+    (tmp_path / "c1" / "state.json").write_text(json.dumps(data))
+    state = runcstate.load(tmp_path, "c1")
+    assert state.criu_config == "/x.conf" and state.netns_path == "/run/netns/p"
+    pid = os.getpid()
+    state.record_restored(pid, state.unchanged_json())
+    after = json.loads((tmp_path / "c1" / "state.json").read_text())
+    assert after["init_process_pid"] == pid
+    assert after["init_process_start"] == runcstate.process_start(pid)
+    assert after["namespace_paths"] == {"NEWNET": f"/proc/{pid}/ns/net",
+                                        "NEWPID": f"/proc/{pid}/ns/pid"}
+    assert after["external_descriptors"] == [os.readlink(f"/proc/{pid}/fd/{fd}")
+                                             for fd in range(3)]
+    assert after["created"].endswith("Z") and after["created"] != "then"
+    unchanged = {k for k in data if k not in runcstate._CHANGED_BY_RESTORE}
+    assert {k: after[k] for k in unchanged} == {k: data[k] for k in unchanged}
+
+
+def test_runc_state_with_hooks_or_unknown_fields_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "state.json").write_text(json.dumps({"id": "a", "config": {}}))
+    with pytest.raises(runcstate.UnsupportedState, match="lacks init_process_pid"):
+        runcstate.load(tmp_path, "a")
+    full = {"init_process_pid": 1, "init_process_start": 1, "created": "x",
+            "namespace_paths": {}, "external_descriptors": [], "cgroup_paths": {},
+            "config": {"rootfs": "/r", "Hooks": {"prestart": [{"path": "/bin/true"}]}}}
+    (tmp_path / "a" / "state.json").write_text(json.dumps(full))
+    with pytest.raises(runcstate.UnsupportedState, match="OCI hooks"):
+        runcstate.load(tmp_path, "a")
+    with pytest.raises(runcstate.UnsupportedState, match="no runc state"):
+        runcstate.load(tmp_path, "missing")

@@ -164,10 +164,12 @@ class Activator:
             try:
                 upstream = await self._connect(app_port, ipv6=_is_ipv6(peer))
                 self.proxied += 1
-                log.debug("proxying a waking connection", extra={
-                    "peer": str(peer), "peek_ms": round((peeked - accepted) * 1e3, 2),
-                    "restore_wait_ms": round((restored - peeked) * 1e3, 2),
-                    "connect_ms": round((time.monotonic() - restored) * 1e3, 2)})
+                # info for a connection that waited for the restore: the wake path's breakdown
+                log.log(logging.INFO if waited else logging.DEBUG,
+                        "proxying a waking connection", extra={
+                            "peer": str(peer), "peek_ms": round((peeked - accepted) * 1e3, 2),
+                            "restore_wait_ms": round((restored - peeked) * 1e3, 2),
+                            "connect_ms": round((time.monotonic() - restored) * 1e3, 2)})
                 await self._proxy(reader, writer, upstream, peek, slot,
                                   accepted if waited else None)
             finally:

@@ -28,12 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zeropod_core.model import ContainerInfo, Outcome
+from zeropod_core.procfs import is_alive, process_start
 from zeropod_core.providers import RestoredProcess, RuntimeHandle
 
-from . import masked
+from . import direct, lazy, masked, runcstate, tmpfs
 from .criuconf import CRIU_CONFIG_ANNOTATION, CriuConfig, write_config
 from .criulog import TAIL_LINES, log_tail, read_stats
 from .freezer import FreezeError, Freezer
+from .node import find_criu
 from .paths import ImagePaths, tree_size
 from .settings import CriuSettings, wants_pre_dump
 
@@ -60,25 +62,6 @@ class _Frozen:
     freezer: Freezer | None = None
 
 
-def _process_start(pid: int) -> str | None:
-    """Field 22 of ``/proc/<pid>/stat`` (start time): tells a PID from a reused one."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rpartition(")")[2].split()
-    return fields[19] if len(fields) > 19 else None
-
-
-def _process_state(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rpartition(")")[2].split()
-    return fields[0] if fields else None
-
-
 class CriuCheckpointer:
     """Checkpoints one container with ``runc checkpoint`` and restores it with ``runc restore``.
 
@@ -92,8 +75,9 @@ class CriuCheckpointer:
 
     def __init__(self, container: ContainerInfo, runtime: RuntimeHandle,
                  config: Mapping[str, object], *, settings: CriuSettings | None = None,
-                 mem_track: bool | None = None) -> None:
+                 mem_track: bool | None = None, criu: str | None = None) -> None:
         self.container, self.runtime = container, runtime
+        self._criu = criu
         self.settings = settings or CriuSettings.from_environ()
         self.paths = ImagePaths(self.settings.image_root, container.id)
         requested = wants_pre_dump(config)
@@ -104,8 +88,16 @@ class CriuCheckpointer:
         self._dumped: tuple[int, str | None] | None = None
         # the masked directories of the last dump, made external mounts (see .masked)
         self._masked: list[str] = []
+        # structure-only tmpfs mounts of the last direct dump, recreated at restore (.tmpfs)
+        self._tmpfs: list[tmpfs.Tmpfs] = []
         self._owns_config = (container.annotations.get(CRIU_CONFIG_ANNOTATION)
                              == str(self.paths.criu_config))
+        # set by a direct dump: the restore goes through CRIU's RPC (see .direct)
+        self._direct: _DirectImage | None = None
+        # after a lazy restore: waits for the lazy-pages daemon (see .lazy)
+        self._lazy_copy: asyncio.Task[None] | None = None
+        # after a direct restore: config reset, host-side tmpfs detached, images removed
+        self._tidying: asyncio.Task[None] | None = None
 
     # --- the container's CRIU configuration -----------------------------------------------
 
@@ -129,6 +121,23 @@ class CriuCheckpointer:
                         extra={"container": self.container.id, "error": str(exc)})
             return []
         return dirs
+
+    def _structural_tmpfs(self, pid: int, state: runcstate.RuncState) -> list[tmpfs.Tmpfs]:
+        """The tmpfs mounts the direct dump leaves out (our config only; see .tmpfs)."""
+        if not (self._owns_config and self.settings.tmpfs_external):
+            return []
+        masked_files = {m.key for m in state.dump_mounts(pid) if m.val == "/dev/null"}
+        try:
+            return tmpfs.structural_tmpfs(pid, set(self._masked), masked_files)
+        except OSError as exc:
+            log.warning("tmpfs mounts stay in the image", extra={
+                "container": self.container.id, "error": str(exc)})
+            return []
+
+    def _restore_externals(self) -> tuple[str, ...]:
+        """The ``external`` options of the next restore (masked dirs, recreated tmpfs)."""
+        return (masked.restore_externals(self._masked, self._masked_source) +
+                tmpfs.restore_externals(self._tmpfs, self.paths.tmpfs))
 
     @property
     def _masked_source(self) -> Path:
@@ -197,6 +206,20 @@ class CriuCheckpointer:
         return True
 
     async def checkpoint(self) -> Outcome:
+        await self._settle()
+        await self._drop_direct()
+        if self.settings.mode == "direct" and not self.pre_dump:
+            state = self._direct_state()
+            if isinstance(state, str):
+                log.info("checkpointing through runc: %s", state,
+                         extra={"container": self.container.id})
+            else:
+                outcome = await self._direct_checkpoint(state)
+                if outcome is not None:
+                    return outcome
+        return await self._runc_checkpoint()
+
+    async def _runc_checkpoint(self) -> Outcome:
         start = time.monotonic()
         cid = self.container.id
         pid = self.runtime.init_pid
@@ -204,32 +227,39 @@ class CriuCheckpointer:
         parent = self.pre_dump and await self._pre_dump()
         frozen = await self._freeze(pid)
         self._masked = self._masked_dirs(pid)
+        self._tmpfs = []
         self._write_config(masked.dump_externals(self._masked))
         args = ["checkpoint", "--image-path", str(self.paths.snapshot),
                 "--work-path", str(self.paths.work), *self._common_flags()]
         if parent:
             args += ["--parent-path", self.paths.parent_link]
-        dumped_start = _process_start(pid)
+        dumped_start = process_start(pid)
         result = await self.runtime.runc(*args, cid, timeout_s=self.settings.timeout_s)
         duration = time.monotonic() - start
         if result.returncode != 0:
             return await self._checkpoint_failed(result.error, frozen, pid, duration)
         self._dumped = (pid, dumped_start)
+        return self._checkpointed(pid, frozen, duration, "runc", pre_dump=parent)
+
+    def _checkpointed(self, pid: int, frozen: _Frozen, duration: float, path: str, *,
+                      pre_dump: bool = False,
+                      phases_ms: dict[str, float] | None = None) -> Outcome:
+        """The outcome of a successful dump (CRIU's stats), logged."""
         stats = read_stats([self.paths.work / "stats-dump", self.paths.snapshot / "stats-dump"])
         stats["prefreeze_us"] = round(frozen.seconds * 1e6)
         outcome = Outcome(ok=True, duration_s=duration, image_bytes=tree_size(self.paths.snapshot),
                           stats=stats)
         log.info("checkpointed", extra={
-            "container": cid, "pid": pid, "duration_ms": round(duration * 1e3, 1),
-            "image_bytes": outcome.image_bytes, "freeze": frozen.method,
-            "pre_dump": parent, "frozen_time_us": stats.get("frozen_time"),
-            "pages_written": stats.get("pages_written")})
+            "container": self.container.id, "pid": pid, "duration_ms": round(duration * 1e3, 1),
+            "image_bytes": outcome.image_bytes, "freeze": frozen.method, "path": path,
+            "pre_dump": pre_dump, "frozen_time_us": stats.get("frozen_time"),
+            "pages_written": stats.get("pages_written"), "phases_ms": phases_ms or {}})
         return outcome
 
     async def _checkpoint_failed(self, error: str, frozen: _Frozen, pid: int,
                                  duration: float) -> Outcome:
         thawed = await self._thaw(frozen)
-        running = _process_state(pid) not in (None, "Z", "X")
+        running = is_alive(pid)
         tail = log_tail(self.paths.work / "dump.log", TAIL_LINES)
         # A partial image is useless and still holds process memory; the logs stay.
         await asyncio.to_thread(self.paths.remove_images)
@@ -251,7 +281,7 @@ class CriuCheckpointer:
             return
         pid, started = self._dumped
         deadline = time.monotonic() + REAP_WAIT_S
-        while started is not None and _process_start(pid) == started:
+        while started is not None and process_start(pid) == started:
             if time.monotonic() > deadline:
                 log.warning("the dumped process was not reaped; the restore may fail",
                             extra={"container": self.container.id, "pid": pid})
@@ -265,9 +295,19 @@ class CriuCheckpointer:
         if not self.paths.has_image():
             raise CriuRestoreError(f"no checkpoint image of {cid} in {self.paths.snapshot}")
         await self._wait_dumped_reaped()
+        image, self._direct = self._direct, None
+        if image is not None:
+            restored = await self._direct_restore(image, start)
+            if restored is not None:
+                return restored
+        return await self._runc_restore(start)
+
+    async def _runc_restore(self, start: float) -> RestoredProcess:
+        cid = self.container.id
         self.paths.pid_file.unlink(missing_ok=True)
-        if self._masked:
-            self._write_config(masked.restore_externals(self._masked, self._masked_source))
+        externals = self._restore_externals()
+        if externals:
+            self._write_config(externals)
         stdio = self.runtime.new_stdio()
         try:
             result = await self.runtime.runc(
@@ -277,8 +317,10 @@ class CriuCheckpointer:
                 stdio=stdio, timeout_s=self.settings.timeout_s)
         finally:
             stdio.close()
-            if self._masked:
+            if externals:
                 self._write_config()  # a cold start after a failure must not see them
+            self._tmpfs = []
+            await asyncio.to_thread(tmpfs.unmount_all, self.paths.tmpfs)
         if result.returncode != 0:
             tail = log_tail(self.paths.work / "restore.log", TAIL_LINES)
             log.warning("restore failed, images kept", extra={
@@ -293,14 +335,240 @@ class CriuCheckpointer:
         stats = read_stats([self.paths.work / "stats-restore",
                             self.paths.snapshot / "stats-restore"])
         await asyncio.to_thread(self.paths.remove_images)
-        log.info("restored", extra={"container": cid, "pid": pid,
+        log.info("restored", extra={"container": cid, "pid": pid, "path": "runc",
                                     "duration_ms": round(duration * 1e3, 1),
                                     "restore_time_us": stats.get("restore_time")})
         return RestoredProcess(pid, Outcome(ok=True, duration_s=duration, stats=stats))
 
     async def discard(self) -> None:
         self._dumped = None
+        tidying, self._tidying = self._tidying, None
+        if tidying is not None:
+            with contextlib.suppress(Exception):
+                await tidying
+        if self._lazy_copy is not None:
+            self._lazy_copy.cancel()
+            with contextlib.suppress(BaseException):
+                await self._lazy_copy
+            self._lazy_copy = None
+        await self._drop_direct()
         await asyncio.to_thread(self.paths.remove_all)
+
+    # --- direct mode (CRIU's RPC, no runc; see .direct) ------------------------------------
+
+    def _direct_state(self) -> runcstate.RuncState | str:
+        """runc's state of the container if it can be dumped directly, else why not."""
+        try:
+            state = runcstate.load(self.runtime.runc_root, self.container.id)
+        except runcstate.UnsupportedState as exc:
+            return str(exc)
+        if state.init_pid != self.runtime.init_pid:
+            return f"runc's state names pid {state.init_pid}, the shim {self.runtime.init_pid}"
+        if not self.settings.prefreeze or Freezer.for_pid(self.runtime.init_pid) is None:
+            return "no cgroup freezer to pre-freeze with"
+        return state
+
+    async def _direct_checkpoint(self, state: runcstate.RuncState) -> Outcome | None:
+        """Dump through CRIU's RPC; None when runc should be tried instead (app still runs)."""
+        start = time.monotonic()
+        cid = self.container.id
+        pid = self.runtime.init_pid
+        await asyncio.to_thread(self.paths.prepare_checkpoint, pre_dump=False)
+        marks = [("prepare", time.monotonic())]
+        frozen = await self._freeze(pid)
+        if frozen.freezer is None:
+            return None
+        marks.append(("freeze", time.monotonic()))
+        self._masked = self._masked_dirs(pid)
+        self._tmpfs = self._structural_tmpfs(pid, state)
+        self._write_config(masked.dump_externals(self._masked) +
+                           tmpfs.dump_externals(self._tmpfs))
+        dumped_start = process_start(pid)
+        marks.append(("mounts", time.monotonic()))
+        options = direct.DumpOptions(self.criu, self.paths.snapshot, self.paths.work,
+                                     frozen.freezer.directory, self.settings.file_locks,
+                                     self.settings.ext_unix_sk, self.settings.log_level)
+        try:
+            async with asyncio.timeout(self.settings.timeout_s):
+                binds = await direct.dump(state, pid, options)
+        except (direct.DirectError, TimeoutError, OSError) as exc:
+            error = str(exc) or "timed out"
+            thawed = frozen.freezer.thaw()
+            running = is_alive(pid)
+            tail = log_tail(self.paths.work / "dump.log", TAIL_LINES)
+            if thawed and running:
+                log.warning("direct dump failed, trying runc checkpoint", extra={
+                    "container": cid, "error": error, "log_tail": tail})
+                return None
+            return await self._checkpoint_failed(error, frozen, pid, time.monotonic() - start)
+        marks.append(("criu", time.monotonic()))
+        frozen.freezer.thaw()  # the killed tasks die; the restored ones must not start frozen
+        duration = time.monotonic() - start
+        self._dumped = (pid, dumped_start)
+        image = _DirectImage(state, binds)
+        self._direct = image
+        image.preparing = asyncio.get_running_loop().create_task(
+            self._prepare_direct(image), name=f"criu-prepare-{cid}")
+        phases, previous = {}, start
+        for name, at in marks:
+            phases[name] = round((at - previous) * 1e3, 1)
+            previous = at
+        return self._checkpointed(pid, frozen, duration, "direct", phases_ms=phases)
+
+    async def _prepare_direct(self, image: _DirectImage) -> None:
+        """Start the swrk for the next restore (after the dump, off the wake-up path)."""
+        stdio = self.runtime.new_stdio()
+        fds = (stdio.stdin, stdio.stdout, stdio.stderr)
+        threshold = self.settings.lazy_threshold_mib
+        lazily = threshold is not None and \
+            lazy.image_pages_bytes(self.paths.snapshot) >= threshold << 20
+        try:
+            await asyncio.to_thread(tmpfs.prepare, self.paths.tmpfs, self._tmpfs)
+            externals = self._restore_externals()
+            if externals:  # now, not at the wake-up
+                self._write_config(externals)
+        except OSError as exc:
+            stdio.close()
+            log.error("cannot recreate the container's tmpfs mounts for the restore",
+                      extra={"container": self.container.id, "error": str(exc)})
+            return
+        try:
+            image.prepared = direct.prepare_restore(self.criu, image.state, fds,
+                                                    self.paths.snapshot, self.paths.work,
+                                                    image.cgroup_binds, lazy=lazily,
+                                                    log_level=self.settings.log_level)
+        except direct.DirectError as exc:
+            stdio.close()
+            log.warning("cannot pre-spawn CRIU for the restore; it will go through runc",
+                        extra={"container": self.container.id, "error": str(exc)})
+
+    async def _direct_restore(self, image: _DirectImage, start: float) -> RestoredProcess | None:
+        """Restore through the pre-spawned swrk; None when runc must do it (images intact)."""
+        cid = self.container.id
+        if image.preparing is not None:
+            await image.preparing
+        prepared = image.prepared
+        if prepared is None:
+            await self._clear_for_runc(image.state)
+            return None
+        try:
+            async with asyncio.timeout(self.settings.timeout_s):
+                pid = await prepared.restore(file_locks=self.settings.file_locks,
+                                             ext_unix_sk=self.settings.ext_unix_sk,
+                                             log_level=self.settings.log_level)
+        except (direct.DirectError, TimeoutError) as exc:
+            prepared.close()
+            tail = log_tail(self.paths.work / "restore.log", TAIL_LINES)
+            log.warning("direct restore failed, restoring through runc", extra={
+                "container": cid, "error": str(exc) or "timed out", "log_tail": tail})
+            await self._clear_for_runc(image.state)
+            return None
+        duration = time.monotonic() - start
+        stats = read_stats([self.paths.work / "stats-restore"])
+        daemon = prepared.serving
+        loop = asyncio.get_running_loop()
+        # the app runs: what is left is tidying up, off the wake-up path (a checkpoint waits)
+        self._tidying = loop.create_task(self._tidy_after_restore(remove_images=daemon is None),
+                                         name=f"criu-tidy-{cid}")
+        if daemon is not None:
+            stats["lazy"] = 1
+            self._lazy_copy = loop.create_task(
+                self._finish_lazy_copy(daemon, image.state, pid, start),
+                name=f"criu-lazy-{cid}")
+        phases, previous = {}, start
+        for name, at in prepared.timings.items():
+            phases[name] = round((at - previous) * 1e3, 1)
+            previous = at
+        log.info("restored", extra={"container": cid, "pid": pid, "path": "direct",
+                                    "lazy": daemon is not None, "phases_ms": phases,
+                                    "duration_ms": round(duration * 1e3, 1),
+                                    "restore_time_us": stats.get("restore_time")})
+        return RestoredProcess(pid, Outcome(ok=True, duration_s=duration, stats=stats))
+
+    async def _tidy_after_restore(self, *, remove_images: bool) -> None:
+        """Reset the CRIU config, detach the host side of recreated tmpfs mounts, and remove
+        the images (unless a lazy-pages daemon still serves from them)."""
+        if self._masked or self._tmpfs:
+            self._write_config()
+        self._tmpfs = []
+        await asyncio.to_thread(tmpfs.unmount_all, self.paths.tmpfs)
+        if remove_images:
+            await asyncio.to_thread(self.paths.remove_images)
+
+    async def _settle(self) -> None:
+        """Wait for the tidying after the last restore and for a lazy copy in flight."""
+        task, self._tidying = self._tidying, None
+        if task is not None:
+            with contextlib.suppress(Exception):
+                await task
+        await self._wait_lazy_copy()
+
+    async def _finish_lazy_copy(self, daemon: lazy.LazyDaemon, state: runcstate.RuncState,
+                                pid: int, start: float) -> None:
+        """Wait for the lazy-pages daemon; remove the images, or kill an incomplete app."""
+        cid = self.container.id
+        try:
+            status = await daemon.wait_exit()
+        finally:
+            daemon.kill()  # nothing to do if it is gone; on cancellation it must go
+            daemon.close()
+        if status == 0:
+            await asyncio.to_thread(self.paths.remove_images)
+            log.info("lazy restore complete: all memory is back", extra={
+                "container": cid, "pid": pid,
+                "duration_ms": round((time.monotonic() - start) * 1e3, 1)})
+            return
+        # Pages the daemon never delivered would read as zeros: the app must not go on.
+        log.error("the lazy-pages daemon failed before all memory was back; killing the "
+                  "container (images kept)", extra={
+                      "container": cid, "pid": pid, "status": status,
+                      "log_tail": log_tail(self.paths.work / "lazy-pages.log", TAIL_LINES)})
+        await asyncio.to_thread(direct.kill_cgroup_members, state.cgroup_dirs)
+
+    async def _wait_lazy_copy(self) -> None:
+        """A new dump waits until a lazy restore has all its memory back."""
+        task, self._lazy_copy = self._lazy_copy, None
+        if task is not None:
+            with contextlib.suppress(Exception):
+                await task
+
+    async def _clear_for_runc(self, state: runcstate.RuncState) -> None:
+        """Make way for ``runc restore`` after a direct dump: nothing half-restored may stay.
+
+        Every process left in the container's cgroups (a partly restored tree, the swrk) is
+        killed, then runc's record of the dumped container is deleted (``runc restore``
+        refuses an id that exists); the images are untouched.
+        """
+        await asyncio.to_thread(direct.kill_cgroup_members, state.cgroup_dirs)
+        result = await self.runtime.runc("delete", "--force", self.container.id)
+        if result.returncode != 0:
+            log.warning("runc delete before the fallback restore failed",
+                        extra={"container": self.container.id, "error": result.error})
+
+    async def _drop_direct(self) -> None:
+        """Release a prepared swrk that will not be used (new checkpoint, discard)."""
+        image, self._direct = self._direct, None
+        if image is None:
+            return
+        if image.preparing is not None:
+            with contextlib.suppress(Exception):
+                await image.preparing
+        if image.prepared is not None:
+            image.prepared.close()
+
+    @property
+    def criu(self) -> str:
+        return self._criu or find_criu()
+
+
+@dataclass
+class _DirectImage:
+    """A direct dump's leftovers the restore needs, and the swrk being prepared for it."""
+
+    state: runcstate.RuncState
+    cgroup_binds: list[tuple[str, Path]]
+    preparing: asyncio.Task[None] | None = None
+    prepared: direct.PreparedRestore | None = None
 
 
 def remove_container_images(image_root: Path, container_id: str) -> None:

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
 from zeropod_core.procfs import process_start
+
+from .paths import ImagePaths
 
 log = logging.getLogger("zeropod.criu.orphans")
 
@@ -81,7 +82,7 @@ def remove_orphans(image_root: Path, live_ids: Iterable[str]) -> list[str]:
     """Remove what :func:`find_orphans` finds; returns the container ids removed."""
     removed = []
     for folder in find_orphans(image_root, live_ids):
-        shutil.rmtree(folder, ignore_errors=True)
+        ImagePaths(image_root, folder.name).remove_all()  # detaches mounts below it first
         if not folder.exists():
             removed.append(folder.name)
             log.warning("removed the checkpoint folder of a container that no longer exists",

@@ -13,6 +13,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from .tmpfs import unmount_all
+
 DIR_MODE = 0o700
 
 
@@ -83,6 +85,11 @@ class ImagePaths:
         return self.base / "criu.conf"
 
     @property
+    def tmpfs(self) -> Path:
+        """Where fresh tmpfs mounts for a restore are made (see .tmpfs)."""
+        return self.base / "tmpfs"
+
+    @property
     def pid_file(self) -> Path:
         return self.base / "restore.pid"
 
@@ -114,5 +121,7 @@ class ImagePaths:
         self.pid_file.unlink(missing_ok=True)
 
     def remove_all(self) -> None:
-        """Remove everything zeropod keeps for the container."""
+        """Remove everything zeropod keeps for the container (mounts below it detached
+        first: a restored container shares their superblocks)."""
+        unmount_all(self.tmpfs)
         shutil.rmtree(self.base, ignore_errors=True)

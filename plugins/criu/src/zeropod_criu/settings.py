@@ -22,6 +22,21 @@ bench) behaves the same:
 * ``ZEROPOD_CRIU_MASKED_EXTERNAL`` (``true``): dump runc's masked directories (empty read-only
   tmpfs) as external mounts and bind an empty read-only tmpfs there at restore, instead of
   CRIU's ``tar``/``gzip`` per tmpfs (~3.7 ms each per restore; see :mod:`.masked`).
+* ``ZEROPOD_CRIU_MODE`` (``direct``): ``direct`` dumps and restores through CRIU's RPC from
+  the shim, with the restoring ``criu swrk`` started right after the dump (see :mod:`.direct`);
+  a restore that fails that way is retried through ``runc restore`` from the same images.
+  ``runc``: ``runc checkpoint`` and ``runc restore`` only (the slower path, ~25-30 ms more per
+  wake-up, for a runc or CRIU the direct path does not know).
+* ``ZEROPOD_CRIU_LOG_LEVEL`` (``4``): CRIU's log level (0-4) for direct dumps and restores;
+  ``dump.log``/``restore.log`` in the work directory. 0 saves 1-2 ms per restore.
+* ``ZEROPOD_CRIU_LAZY_MIB`` (``32``): in direct mode, restore lazily when the dump holds at
+  least this many MiB of memory pages: a ``criu lazy-pages`` daemon (started with the swrk)
+  serves the memory from the image after the app already runs (see :mod:`.lazy`); ``0``
+  always, ``off`` never.
+* ``ZEROPOD_CRIU_TMPFS_EXTERNAL`` (``true``): in direct mode, leave tmpfs mounts that hold
+  only structure (``/dev``'s nodes and links, an empty ``/dev/shm`` or ``/run``) out of the
+  dump and recreate them before the restore, instead of CRIU's ``tar``/``gzip`` per tmpfs
+  (~3.7 ms each on every dump and restore; see :mod:`.tmpfs`).
 * ``ZEROPOD_CRIU_TIMEOUT`` (``120``): seconds after which a checkpoint or restore is killed
   (runc and CRIU) and counts as failed; a damaged image can make CRIU's restorer loop forever.
 
@@ -41,6 +56,7 @@ from zeropod_core.config import parse_switch, switch_setting
 
 PRE_DUMP_ANNOTATION = "zeropod.ctrox.dev/pre-dump"
 NETWORK_LOCK_METHODS = ("skip", "nftables", "iptables")
+MODES = ("direct", "runc")
 
 @dataclass(frozen=True)
 class CriuSettings:
@@ -54,6 +70,10 @@ class CriuSettings:
     ext_unix_sk: bool = True
     timeout_s: float = 120.0
     masked_external: bool = True
+    mode: str = "direct"
+    log_level: int = 4
+    lazy_threshold_mib: int | None = 32
+    tmpfs_external: bool = True
 
     @property
     def criu_config(self) -> Path:
@@ -71,7 +91,26 @@ class CriuSettings:
         if lock not in NETWORK_LOCK_METHODS:
             raise ValueError(f"ZEROPOD_CRIU_NETWORK_LOCK: expected one of "
                              f"{', '.join(NETWORK_LOCK_METHODS)}, got {lock!r}")
+        mode = env.get("ZEROPOD_CRIU_MODE", "").strip().lower() or base.mode
+        if mode not in MODES:
+            raise ValueError(f"ZEROPOD_CRIU_MODE: expected one of {', '.join(MODES)}, "
+                             f"got {mode!r}")
+        level = env.get("ZEROPOD_CRIU_LOG_LEVEL", "").strip()
+        if level and level not in ("0", "1", "2", "3", "4"):
+            raise ValueError(f"ZEROPOD_CRIU_LOG_LEVEL: expected 0-4, got {level!r}")
+        lazy_raw = env.get("ZEROPOD_CRIU_LAZY_MIB", "").strip().lower()
+        lazy_mib: int | None = base.lazy_threshold_mib
+        if lazy_raw == "off":
+            lazy_mib = None
+        elif lazy_raw:
+            if not lazy_raw.isdigit():
+                raise ValueError(f"ZEROPOD_CRIU_LAZY_MIB: expected MiB (an integer >= 0) or "
+                                 f"off, got {lazy_raw!r}")
+            lazy_mib = int(lazy_raw)
         return cls(
+            mode=mode,
+            lazy_threshold_mib=lazy_mib,
+            log_level=int(level) if level else base.log_level,
             image_root=Path(root) if root else base.image_root,
             prefreeze=switch_setting(env, "ZEROPOD_CRIU_PREFREEZE", base.prefreeze),
             kdat_cache=switch_setting(env, "ZEROPOD_CRIU_KDAT", base.kdat_cache),
@@ -81,6 +120,8 @@ class CriuSettings:
             timeout_s=_positive_float(env, "ZEROPOD_CRIU_TIMEOUT", base.timeout_s),
             masked_external=switch_setting(env, "ZEROPOD_CRIU_MASKED_EXTERNAL",
                                           base.masked_external),
+            tmpfs_external=switch_setting(env, "ZEROPOD_CRIU_TMPFS_EXTERNAL",
+                                         base.tmpfs_external),
         )
 
     @classmethod

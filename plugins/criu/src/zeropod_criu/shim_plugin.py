@@ -143,7 +143,7 @@ def zeropod_make_checkpointer(container: ContainerInfo, runtime: RuntimeHandle,
         return None
     features = _features
     return CriuCheckpointer(container, runtime, config, settings=current_settings(),
-                            mem_track=features.mem_track if features else None)
+                            mem_track=features.mem_track if features else None, criu=CRIU)
 
 
 @hookimpl

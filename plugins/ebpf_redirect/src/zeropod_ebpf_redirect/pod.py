@@ -1,7 +1,7 @@
 """One pod's program instance as the shim sees it: where its pins are, loading it, removing it.
 
 All containers of a pod share one network namespace, hence one program instance and one set of
-maps (a shared program cannot tell pods apart on ingress, see DESIGN.md). The shim keeps one
+maps (a shared program cannot tell pods apart on ingress, see the plugin README). The shim keeps one
 :class:`Pod` per pod in a :class:`PodRegistry`; the redirector and tracker of each container
 borrow its map fds and its activator port allocator.
 

@@ -163,11 +163,7 @@ class PrivateContainerd:
         :param shim: the ``containerd-shim-zeropod-v2`` binary to offer (linked into opt/bin).
         :param env: extra environment for containerd, which its shims inherit (``ZEROPOD_*``).
         """
-        # The shims inherit containerd's environment: keep their state inside the lab too.
-        defaults = {"ZEROPOD_IMAGE_ROOT": str(base / "images"),
-                    "ZEROPOD_BPF_ROOT": str(base / "bpf"),
-                    "ZEROPOD_SOCKET_DIR": str(base / "zs")}
-        daemon = cls(base=base, env={**defaults, **(env or {})})
+        daemon = cls(base=base, env={**shim_env(base), **(env or {})})
         for sub in ("root", "state", "opt/bin", "fifo", "runc"):
             (base / sub).mkdir(parents=True, exist_ok=True)
         shim = shim or Path(sys.executable).with_name(SHIM_BINARY)
@@ -291,11 +287,23 @@ class PrivateContainerd:
             subprocess.run(["umount", "-l", point], capture_output=True)
 
     def _remove_cgroup_parent(self) -> None:
-        for hierarchy in Path("/sys/fs/cgroup").iterdir():
-            target = hierarchy / self.cgroup_parent
-            for directory in sorted(target.glob("**/"), key=lambda p: len(str(p)), reverse=True):
-                with contextlib.suppress(OSError):  # not empty or already gone
-                    directory.rmdir()
+        remove_cgroup_tree(self.cgroup_parent)
+
+
+def remove_cgroup_tree(name: str) -> None:
+    """Remove the cgroup ``/<name>`` and everything below it, in every hierarchy."""
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        target = hierarchy / name
+        for directory in sorted(target.glob("**/"), key=lambda p: len(str(p)), reverse=True):
+            with contextlib.suppress(OSError):  # not empty or already gone
+                directory.rmdir()
+
+
+def shim_env(base: Path) -> dict[str, str]:
+    """The shims inherit containerd's environment: keep their state inside the lab too."""
+    return {"ZEROPOD_IMAGE_ROOT": str(base / "images"),
+            "ZEROPOD_BPF_ROOT": str(base / "bpf"),
+            "ZEROPOD_SOCKET_DIR": str(base / "zs")}
 
 
 def terminate(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:

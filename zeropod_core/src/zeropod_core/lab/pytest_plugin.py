@@ -7,6 +7,9 @@ Fixtures:
 * ``pod_network``: a fresh pod/client namespace pair, deleted after the test.
 * ``run_container``: ``run_container(image, runtime=..., annotations=..., env=...)`` starts a
   container in ``pod_network`` and removes it after the test.
+* ``kube_cluster`` (session): a :class:`~zeropod_core.lab.kube.KubeCluster` (Kubernetes 1.20,
+  one node) with the lab images, the CRI runtime ``zeropod`` and its RuntimeClass. Missing
+  Kubernetes binaries fail the tests that use it (run scripts/setup), they are not skipped.
 
 Tests that need them are skipped with the reason when not run as root or when containerd,
 runc or ip are missing; on CI they run as root, so a skip there is visible in the summary.
@@ -16,15 +19,20 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from . import images
 from .containerd import LabContainer, PrivateContainerd, lab_base
 from .netns import PodNetwork
+
+if TYPE_CHECKING:
+    from .kube import KubeCluster
 
 
 def _stack_missing() -> str | None:
@@ -87,3 +95,24 @@ def run_container(
     yield run
     for container in reversed(started):
         container.remove()
+
+
+@pytest.fixture(scope="session")
+def kube_cluster() -> Iterator[KubeCluster]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (kubelet, containerd, bridges, cgroups)")
+    from .containerd import SHIM_BINARY
+    from .kube import KubeCluster, missing_binaries, zeropod_runtime
+
+    missing = missing_binaries()
+    if missing:  # CI runs scripts/setup first: a missing build is an error, not a skip
+        pytest.fail(f"the Kubernetes lab needs {', '.join(missing)}: run scripts/setup",
+                    pytrace=False)
+    shim = Path(sys.executable).with_name(SHIM_BINARY)
+    cluster = KubeCluster.start(runtimes=[zeropod_runtime(shim)] if shim.exists() else [])
+    try:
+        if shim.exists():
+            cluster.create_runtime_class("zeropod")
+        yield cluster
+    finally:
+        cluster.stop()

@@ -1,0 +1,234 @@
+"""A whole Kubernetes 1.20 cluster in a temporary folder: control plane plus one node.
+
+``KubeCluster.start()`` returns once the node is Ready and pods can be admitted (the
+``default`` ServiceAccount has its token); ``stop()`` leaves the machine as it was: processes
+stopped by PID, the node's mount namespace gone (and with it every pod mount), the bridge and
+cgroups deleted, the folder removed. Pods use images imported offline (``imagePullPolicy:
+Never``); the sandbox image is built from the ``pause`` that scripts/build-k8s compiled.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from .. import images
+from ..containerd import lab_base
+from .api import KubeApi
+from .binaries import KubeBinaries, find_binaries
+from .control_plane import ControlPlane
+from .network import DEFAULT_POD_RANGE
+from .node import KubeNode
+from .pki import ClusterPki
+from .procs import ClusterError, LabProcess, wait_until
+from .runtimes import CriRuntime
+
+log = logging.getLogger("zeropod.lab.kube")
+
+PAUSE_IMAGE = "docker.io/zeropod/pause:lab"
+# Waiting reasons after which a pod will not become Ready by itself.
+_HOPELESS = {"ErrImageNeverPull", "CrashLoopBackOff", "CreateContainerConfigError",
+             "CreateContainerError", "InvalidImageName", "RunContainerError"}
+
+
+def pause_image_spec(pause: Path) -> images.ImageSpec:
+    """The sandbox image: upstream's static ``pause`` and nothing else."""
+    return images.ImageSpec(name=PAUSE_IMAGE, files={"pause": pause}, symlinks={},
+                            cmd=["/pause"], env=[], exposed_ports=[])
+
+
+def default_images() -> list[images.ImageSpec]:
+    """The lab's app images, available on every node: busybox httpd and the counter app."""
+    return [images.busybox_httpd_spec(), images.counter_app_spec()]
+
+
+@dataclass
+class KubeCluster:
+    """A running lab cluster; ``kubeconfig`` is the admin's (kubectl, the Python client)."""
+
+    base: Path
+    binaries: KubeBinaries
+    pki: ClusterPki
+    control_plane: ControlPlane | None = None
+    nodes: list[KubeNode] = field(default_factory=list)
+    start_seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per start phase
+
+    @classmethod
+    def start(cls, base: Path | None = None, *, runtimes: Sequence[CriRuntime] = (),
+              node_subnet: str | None = None, pod_range: str = DEFAULT_POD_RANGE,
+              app_images: Sequence[images.ImageSpec] | None = None, debug: bool = False,
+              timeout: float = 120) -> KubeCluster:
+        """Start etcd, the apiserver, controller-manager, scheduler and one node; wait until
+        the node is Ready and pods are admitted.
+
+        :param runtimes: extra CRI runtime handlers of the node's containerd (e.g.
+            :func:`~zeropod_core.lab.kube.runtimes.zeropod_runtime`); RuntimeClasses can
+            name them (:meth:`create_runtime_class`).
+        :param node_subnet: the node's pod /24 (default: a free one of ``pod_range``).
+        :raises FileNotFoundError: a binary is missing (the message says to run scripts/setup).
+        """
+        started = time.monotonic()
+        binaries = find_binaries()
+        base = base or lab_base("zeropod-k8s")
+        cluster = cls(base=base, binaries=binaries, pki=ClusterPki(base / "pki", base.name))
+        last = started
+
+        def phase(name: str) -> None:
+            nonlocal last
+            now = time.monotonic()
+            cluster.phases[name] = now - last
+            last = now
+
+        try:
+            archives = [images.build(spec) for spec in
+                        [pause_image_spec(binaries.k8s("pause")),
+                         *(default_images() if app_images is None else app_images)]]
+            phase("images built")
+            name = f"lab-{secrets.token_hex(3)}-0"
+            node = KubeNode.boot(base / "nodes" / name, name, binaries,
+                                 sandbox_image=PAUSE_IMAGE, runtimes=runtimes,
+                                 subnet=node_subnet, pod_range=pod_range, debug=debug)
+            cluster.nodes.append(node)
+            phase("node booted")
+            plane = ControlPlane.start(base / "control-plane", binaries, cluster.pki,
+                                       advertise_address=node.node_ip)
+            cluster.control_plane = plane
+            node.import_images(archives)  # while the apiserver starts
+            phase("images imported")
+            plane.wait_ready(timeout=timeout)
+            phase("apiserver ready")
+            plane.start_controllers(binaries)
+            node.start_kubelet(binaries, cluster.pki, plane.server, PAUSE_IMAGE)
+            cluster.wait_node_ready(node, timeout=timeout)
+            phase("node ready")
+            wait_until("the default ServiceAccount's token", cluster._default_token_exists,
+                       timeout=timeout, watch=cluster.processes())
+            phase("token ready")
+        except BaseException:
+            cluster.stop()
+            raise
+        cluster.start_seconds = time.monotonic() - started
+        log.info("cluster ready", extra={"base": str(base), "seconds": cluster.start_seconds,
+                                         "phases": cluster.phases, "node_ip": node.node_ip})
+        return cluster
+
+    def __enter__(self) -> KubeCluster:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    @property
+    def plane(self) -> ControlPlane:
+        if self.control_plane is None:
+            raise ClusterError("the control plane is not started")
+        return self.control_plane
+
+    @property
+    def kubeconfig(self) -> Path:
+        """The admin kubeconfig (``kubectl --kubeconfig``, ``kubernetes.config``)."""
+        return self.plane.admin_kubeconfig
+
+    @property
+    def node(self) -> KubeNode:
+        """The first (today: the only) node."""
+        return self.nodes[0]
+
+    def api(self) -> KubeApi:
+        return self.plane.api()
+
+    def processes(self) -> list[LabProcess]:
+        procs = self.control_plane.processes() if self.control_plane else []
+        return procs + [p for node in self.nodes for p in node.processes()]
+
+    def kubectl(self, *args: str, check: bool = True, timeout: float = 60,
+                input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run kubectl as the admin; raise ClusterError with its stderr if ``check`` fails."""
+        argv = [str(self.binaries.k8s("kubectl")), f"--kubeconfig={self.kubeconfig}", *args]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              input=input)
+        if check and proc.returncode != 0:
+            raise ClusterError(f"kubectl {' '.join(args)} exited {proc.returncode}: "
+                               f"{proc.stderr.strip() or proc.stdout.strip()}")
+        return proc
+
+    def wait_node_ready(self, node: KubeNode, timeout: float = 60) -> None:
+        def ready() -> bool:
+            obj = self.api().get_or_none(f"/api/v1/nodes/{node.name}")
+            conditions = (obj or {}).get("status", {}).get("conditions", [])
+            return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+        wait_until(f"node {node.name} Ready", ready, timeout=timeout,
+                   watch=self.processes(), interval=0.2)
+
+    def _default_token_exists(self) -> bool:
+        account = self.api().get_or_none("/api/v1/namespaces/default/serviceaccounts/default")
+        return bool(account and account.get("secrets"))
+
+    def create_runtime_class(self, name: str, handler: str | None = None) -> None:
+        """A ``node.k8s.io/v1`` RuntimeClass whose handler is a CRI runtime of the node's
+        containerd (by default the runtime of the same name)."""
+        self.api().create("/apis/node.k8s.io/v1/runtimeclasses", {
+            "apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
+            "metadata": {"name": name}, "handler": handler or name})
+
+    def create_pod(self, manifest: dict[str, Any], namespace: str = "default") -> str:
+        """Create a pod from ``manifest`` (a dict) and return its name."""
+        self.api().create(f"/api/v1/namespaces/{namespace}/pods", manifest)
+        name: str = manifest["metadata"]["name"]
+        return name
+
+    def wait_pod_ready(self, name: str, namespace: str = "default",
+                       timeout: float = 60) -> dict[str, Any]:
+        """Wait for the pod's Ready condition and return the pod. Fails at once, with the
+        reason, when a container waits for something that will not come (no image, crash loop)."""
+        path = f"/api/v1/namespaces/{namespace}/pods/{name}"
+
+        def ready() -> dict[str, Any] | None:
+            pod: dict[str, Any] = self.api().get(path)
+            status = pod.get("status", {})
+            for container in status.get("containerStatuses", []):
+                waiting = container.get("state", {}).get("waiting") or {}
+                if waiting.get("reason") in _HOPELESS:
+                    raise ClusterError(f"pod {name}: container {container['name']} "
+                                       f"{waiting['reason']}: {waiting.get('message', '')}")
+            if any(c["type"] == "Ready" and c["status"] == "True"
+                   for c in status.get("conditions", [])):
+                return pod
+            return None
+        return wait_until(f"pod {namespace}/{name} Ready", ready, timeout=timeout,
+                          watch=self.processes(), interval=0.2)
+
+    def delete_pod(self, name: str, namespace: str = "default", *, wait: bool = True,
+                   timeout: float = 60) -> None:
+        """Delete the pod (grace period 0) and, with ``wait``, until it is gone."""
+        path = f"/api/v1/namespaces/{namespace}/pods/{name}"
+        self.api().delete(path + "?gracePeriodSeconds=0")
+        if wait:
+            wait_until(f"pod {namespace}/{name} deleted",
+                       lambda: self.api().get_or_none(path) is None, timeout=timeout,
+                       interval=0.2)
+
+    def rss_kib(self) -> dict[str, int]:
+        """Resident memory per daemon now (pods not included)."""
+        return {proc.name: proc.rss_kib() for proc in self.processes()}
+
+    def stop(self) -> None:
+        """Stop everything (nodes first, then the control plane) and remove the folder."""
+        for node in reversed(self.nodes):
+            node.stop()
+        self.nodes.clear()
+        if self.control_plane is not None:
+            self.control_plane.stop()
+            self.control_plane = None
+        shutil.rmtree(self.base, ignore_errors=True)
+        log.info("cluster stopped", extra={"base": str(self.base)})
