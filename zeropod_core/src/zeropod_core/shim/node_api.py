@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
@@ -31,6 +32,7 @@ from .process import Container
 log = logging.getLogger("zeropod.shim.node")
 
 DEFAULT_SOCKET_DIR = "/run/zeropod/s"
+_SUN_PATH_MAX = 108  # sizeof(sockaddr_un.sun_path) on Linux, with its terminating NUL
 SUBSCRIBER_QUEUE = 256
 _PHASES = {Phase.RUNNING: "RUNNING", Phase.SCALED_DOWN: "SCALED_DOWN",
            Phase.STOPPING: "STOPPING", Phase.CHECKPOINT_FAILED: "CHECKPOINT_FAILED",
@@ -40,8 +42,15 @@ _PHASES = {Phase.RUNNING: "RUNNING", Phase.SCALED_DOWN: "SCALED_DOWN",
 
 
 def node_socket_path(shim_socket: str) -> str:
+    """``<folder>/<shim socket name>.sock``; a shorter name (a hash of it) where that path
+    would not fit a unix socket address (108 bytes), e.g. in a deep test folder. The manager
+    finds every ``*.sock`` of the folder, whatever its name."""
     folder = os.environ.get("ZEROPOD_SOCKET_DIR", DEFAULT_SOCKET_DIR)
-    return os.path.join(folder, os.path.basename(shim_socket) + ".sock")
+    name = os.path.basename(shim_socket)
+    path = os.path.join(folder, name + ".sock")
+    if len(os.fsencode(path)) >= _SUN_PATH_MAX:
+        path = os.path.join(folder, hashlib.sha256(name.encode()).hexdigest()[:16] + ".sock")
+    return path
 
 
 def status_message(status: ContainerStatus) -> Any:
