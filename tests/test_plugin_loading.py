@@ -153,3 +153,11 @@ def test_the_shim_side_of_installed_plugins_imports_no_heavy_client() -> None:
                                           if not k.startswith("ZEROPOD_")}).stdout.splitlines()
     assert "resize" in out[0]  # the resize plugin's shim side is among them
     assert out[1] == "[]"
+
+
+def test_a_probe_whose_head_does_not_fit_the_buffer_wakes() -> None:
+    from zeropod_core.builtin.probes import is_kube_probe
+
+    head = b"GET / HTTP/1.1\r\nHost: x\r\nUser-Agent: kube-probe/1.20\r\nX-Pad: " + b"p" * 200
+    assert is_kube_probe(head + b"\r\n\r\n")
+    assert not is_kube_probe(head[:64])  # peeked only probe-buffer-size bytes: a wake

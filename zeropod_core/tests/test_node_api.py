@@ -14,7 +14,7 @@ from zeropod_core.api import ZEROPOD_SHIM_SERVICE, zeropod_shim
 from zeropod_core.hooks import ShimHooks
 from zeropod_core.model import ContainerInfo, ContainerStatus, Phase, RoleName
 from zeropod_core.plugins import make_plugin_manager
-from zeropod_core.shim.node_api import SUBSCRIBER_QUEUE, NodeApi, NodeService, node_socket_path
+from zeropod_core.shim.node_api import SUBSCRIBER_QUEUE, NodeApi, NodeService
 
 INFO = ContainerInfo(id="c1", bundle="/b", namespace="k8s.io", pod_name="web",
                      pod_namespace="shop", container_name="app")
@@ -66,19 +66,3 @@ async def test_fan_out_and_slow_subscriber(tmp_path: Path,
     finally:
         await api.close()
     assert not (tmp_path / "zeropod-test-shim.sock").exists()
-
-
-def test_a_deep_socket_folder_gets_a_short_socket_name(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """unix socket addresses hold 108 bytes: a node socket that would not fit gets a hashed
-    name in the same folder (the manager finds any *.sock there)."""
-    shim = "/run/containerd/s/zeropod-" + "f" * 40
-    monkeypatch.setenv("ZEROPOD_SOCKET_DIR", "/run/zeropod/s")
-    assert node_socket_path(shim) == "/run/zeropod/s/zeropod-" + "f" * 40 + ".sock"
-    deep = "/tmp/zeropod-k8s-12345678/nodes/lab-123456-0/containerd/zs"
-    monkeypatch.setenv("ZEROPOD_SOCKET_DIR", deep)
-    short = node_socket_path(shim)
-    assert short.startswith(deep + "/") and short.endswith(".sock")
-    assert len(short.encode()) < 108
-    assert node_socket_path(shim) == short  # stable
-    assert node_socket_path(shim + "0") != short

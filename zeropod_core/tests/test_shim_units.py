@@ -129,3 +129,16 @@ def test_help_is_plain_text_with_help_for_every_option(argv: list[str]) -> None:
         flag_only = line.strip().startswith("-") and "  " not in line.strip()
         next_is_help = index + 1 < len(lines) and not lines[index + 1].strip().startswith("-")
         assert not flag_only or next_is_help, f"option without help text: {line.strip()}"
+
+
+def test_node_socket_path_fits_a_unix_socket_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    from zeropod_core.shim.node_api import node_socket_path
+
+    shim = "/run/containerd/s/zeropod-" + "a" * 40
+    monkeypatch.setenv("ZEROPOD_SOCKET_DIR", "/run/zeropod/s")
+    assert node_socket_path(shim) == "/run/zeropod/s/zeropod-" + "a" * 40 + ".sock"
+    deep = "/tmp/zeropod-k8s-ed4b3dbf/nodes/lab-520a39-0/containerd/zs"
+    monkeypatch.setenv("ZEROPOD_SOCKET_DIR", deep)
+    path = node_socket_path(shim)
+    assert path.startswith(deep + "/zp-") and path.endswith(".sock") and len(path) <= 100
+    assert path == node_socket_path(shim) != node_socket_path(shim + "b")

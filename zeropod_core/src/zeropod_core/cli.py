@@ -38,6 +38,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.kubernetes:
+        from .lab.demo_kube import run_kube_demo
+
+        return run_kube_demo()
     from .lab.demo import run_demo
 
     return run_demo(keep=args.keep)
@@ -72,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "counter app under zeropod and show it scale down and "
                                       "wake up with its state, with timings. Needs root.")
     demo.add_argument("--keep", action="store_true", help="leave everything running (debugging)")
+    demo.add_argument("--kubernetes", action="store_true",
+                      help="run the app as a pod in the lab's Kubernetes 1.20 cluster instead "
+                           "(built by scripts/setup; about 20 s to start)")
     demo.set_defaults(func=_cmd_demo)
     return parser
 

@@ -106,8 +106,10 @@ class ShimHooks:
             container=container)
         return result
 
-    def make_migrator(self, container: ContainerInfo) -> Migrator | None:
-        result: Migrator | None = self.pm.hook.zeropod_make_migrator(container=container)
+    def make_migrator(self, container: ContainerInfo,
+                      config: Mapping[str, object]) -> Migrator | None:
+        result: Migrator | None = self.pm.hook.zeropod_make_migrator(container=container,
+                                                                     config=config)
         return result
 
     def update_while_scaled_down(self, container: ContainerInfo,

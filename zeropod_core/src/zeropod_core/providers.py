@@ -205,16 +205,35 @@ class ActivityTracker(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class IncomingImage:
+    """A checkpoint image that another node sent for this container, already in place where
+    the container's checkpointer restores from (``<image root>/<container id>/snapshot``).
+
+    :ivar ports: the app's ports on the source node: no process runs on this node to detect
+        them, and the activator must listen for them from the start.
+    :ivar source: where the image came from (logs), e.g. ``node-a/<source container id>``.
+    """
+
+    ports: tuple[int, ...]
+    source: str = ""
+
+
 @runtime_checkable
 class Migrator(Protocol):
-    """Moves a scaled-down container's image to or from another node."""
+    """The shim's side of moving a container between nodes. Provided by ``zeropod-migration``.
 
-    async def send(self, *, image_dir: Path, target: str) -> Outcome:
-        """Stream the checkpoint image in ``image_dir`` to the node at ``target``."""
-        ...
+    The transfer itself runs in the node manager (the shim never speaks gRPC); the shim only
+    asks whether its new container starts from an image that arrived from another node.
+    """
 
-    async def receive(self, *, image_dir: Path, source: str) -> Outcome:
-        """Fetch a checkpoint image from ``source`` into ``image_dir``."""
+    async def incoming(self) -> IncomingImage | None:
+        """Called at ``Create`` of a managed container, after its rootfs is mounted and before
+        anything runs. Return the image it starts from, *scaled down* (no ``runc create``;
+        ``Start`` puts it to sleep with the redirect on; the first connection restores it), or
+        None to create and start it normally. Files the container had written are put into
+        its rootfs here. Must not raise for a missing image: a migration that did not happen
+        means a fresh start."""
         ...
 
 

@@ -135,10 +135,16 @@ def zeropod_make_activity_tracker(container: ContainerInfo) -> ActivityTracker |
 
 
 @hookspec(firstresult=True)
-def zeropod_make_migrator(container: ContainerInfo) -> Migrator | None:
-    """Return the migrator that moves this container's image between nodes, or None.
+def zeropod_make_migrator(container: ContainerInfo,
+                          config: Mapping[str, object]) -> Migrator | None:
+    """Return the migrator of a managed container that may arrive from another node, or None.
+
+    Called at ``Create`` (after the rootfs is mounted) for every container that may scale
+    down; the core then asks :meth:`Migrator.incoming` whether it starts from a transferred
+    image, asleep.
 
     :param container: the container.
+    :param config: parsed values of the registered annotations, keyed by annotation name.
     """
 
 

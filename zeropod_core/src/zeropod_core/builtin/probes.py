@@ -16,8 +16,15 @@ _KUBE_PROBE_AGENT = b"user-agent: kube-probe/"
 
 
 def is_kube_probe(peek: bytes) -> bool:
-    """True when ``peek`` is the start of an HTTP request sent by the kubelet."""
-    head, _, _ = peek.partition(b"\r\n\r\n")
+    """True when ``peek`` holds a whole HTTP request head sent by the kubelet.
+
+    The head must end within the peeked bytes (``probe-buffer-size``): a request whose
+    headers do not fit is not recognised and wakes the app, as upstream parses the request
+    from a buffer of that size. Users raise the size for probes with large headers.
+    """
+    head, complete, _ = peek.partition(b"\r\n\r\n")
+    if not complete:
+        return False
     return any(line.lower().startswith(_KUBE_PROBE_AGENT) for line in head.split(b"\r\n")[1:])
 
 

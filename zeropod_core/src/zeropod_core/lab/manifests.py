@@ -63,8 +63,10 @@ API_VERSIONS = {"Namespace": "v1", "ServiceAccount": "v1", "DaemonSet": "apps/v1
                 "ClusterRoleBinding": "rbac.authorization.k8s.io/v1",
                 "Role": "rbac.authorization.k8s.io/v1",
                 "RoleBinding": "rbac.authorization.k8s.io/v1",
-                "RuntimeClass": "node.k8s.io/v1"}
-CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "RuntimeClass"}
+                "RuntimeClass": "node.k8s.io/v1",
+                "CustomResourceDefinition": "apiextensions.k8s.io/v1"}
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "RuntimeClass",
+                  "CustomResourceDefinition"}
 
 
 def validate(obj: dict[str, Any]) -> None:

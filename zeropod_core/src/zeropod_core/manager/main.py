@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -22,6 +23,7 @@ from zeropod_core import logs
 from zeropod_core.config import parse_switch
 from zeropod_core.model import ContainerStatus, ManagedContainer, RoleName
 from zeropod_core.plugins import ZeropodPluginManager, make_plugin_manager
+from zeropod_core.providers import MigrationService
 
 from .capabilities import core_capabilities
 from .http import HttpServer, json_body
@@ -60,6 +62,7 @@ class Manager:
         self.started = time.time()
         self.capabilities: dict[str, Any] = {}
         self.registry: Any = None
+        self.migration: MigrationService | None = None
         self.http = HttpServer({"/metrics": self._metrics, "/healthz": self._healthz,
                                 "/status": self._status})
 
@@ -112,6 +115,8 @@ class Manager:
         settings = {k: v for k, v in os.environ.items() if k.startswith("ZEROPOD_")}
         settings.update(self.kube_settings.as_settings())
         self.pm.hook.zeropod_manager_configure.call_historic(kwargs={"settings": settings})
+        # before the capabilities: the plugin reports there whether its service can run
+        self.migration = self.pm.hook.zeropod_make_migration_service(settings=settings)
         self.capabilities = core_capabilities()
         for result in self.pm.hook.zeropod_node_capabilities():
             self.capabilities.update(result)
@@ -172,14 +177,28 @@ class Manager:
         if ready_file:
             _write_atomically(ready_file, f"{address[0]}:{address[1]}\n")
         housekeeping = loop.create_task(self._housekeeping_loop(), name="housekeeping")
+        migration = None
+        if self.migration is not None:
+            migration = loop.create_task(self.migration.serve(), name="migration-service")
+            migration.add_done_callback(_log_service_end)
         await stop.wait()
         log.info("manager stopping")
         housekeeping.cancel()
         if self.pods is not None:
             await self.pods.close()
+        if migration is not None:
+            migration.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await migration
         await self.http.close()
         await self.node.close()
         return 0
+
+
+def _log_service_end(task: asyncio.Task[None]) -> None:
+    """The migration service ended before the manager did: say why (the manager runs on)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("migration service stopped", exc_info=task.exception())
 
 
 def _write_atomically(path: str, text: str) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
@@ -32,7 +31,6 @@ from .process import Container
 log = logging.getLogger("zeropod.shim.node")
 
 DEFAULT_SOCKET_DIR = "/run/zeropod/s"
-_SUN_PATH_MAX = 108  # sizeof(sockaddr_un.sun_path) on Linux, with its terminating NUL
 SUBSCRIBER_QUEUE = 256
 _PHASES = {Phase.RUNNING: "RUNNING", Phase.SCALED_DOWN: "SCALED_DOWN",
            Phase.STOPPING: "STOPPING", Phase.CHECKPOINT_FAILED: "CHECKPOINT_FAILED",
@@ -41,16 +39,21 @@ _PHASES = {Phase.RUNNING: "RUNNING", Phase.SCALED_DOWN: "SCALED_DOWN",
            Phase.CHECKPOINTING: "RUNNING", Phase.RESTORING: "SCALED_DOWN"}
 
 
+_MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes
+
+
 def node_socket_path(shim_socket: str) -> str:
-    """``<folder>/<shim socket name>.sock``; a shorter name (a hash of it) where that path
-    would not fit a unix socket address (108 bytes), e.g. in a deep test folder. The manager
-    finds every ``*.sock`` of the folder, whatever its name."""
+    """``<ZEROPOD_SOCKET_DIR>/<shim socket name>.sock``, or a shorter hashed name when that
+    would not fit a unix socket address (a deep socket folder). The manager finds every
+    ``*.sock`` in the folder, whatever its name."""
     folder = os.environ.get("ZEROPOD_SOCKET_DIR", DEFAULT_SOCKET_DIR)
-    name = os.path.basename(shim_socket)
-    path = os.path.join(folder, name + ".sock")
-    if len(os.fsencode(path)) >= _SUN_PATH_MAX:
-        path = os.path.join(folder, hashlib.sha256(name.encode()).hexdigest()[:16] + ".sock")
-    return path
+    path = os.path.join(folder, os.path.basename(shim_socket) + ".sock")
+    if len(path) <= _MAX_SOCKET_PATH:
+        return path
+    import hashlib  # only for deep folders
+
+    digest = hashlib.sha256(shim_socket.encode()).hexdigest()[:24]
+    return os.path.join(folder, f"zp-{digest}.sock")
 
 
 def status_message(status: ContainerStatus) -> Any:

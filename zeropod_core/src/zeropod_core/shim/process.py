@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from zeropod_core.model import ContainerInfo
-from zeropod_core.providers import RestoreRequest, TaskCheckpointer
+from zeropod_core.providers import IncomingImage, RestoreRequest, TaskCheckpointer
 
 from .oom import OomWatcher
 
@@ -103,6 +103,8 @@ class Container:
     # Create with a checkpoint: what Start restores from (None once started)
     restore_from: RestoreRequest | None = None
     task_checkpointer: TaskCheckpointer | None = None
+    # Create found an image sent by another node: Start puts the container to sleep at once
+    incoming: IncomingImage | None = None
     execs: dict[str, Process] = field(default_factory=dict)
     # Serialises "start + publish TaskStart" against "publish TaskExit" (events stay ordered).
     event_lock: asyncio.Lock = field(default_factory=asyncio.Lock)

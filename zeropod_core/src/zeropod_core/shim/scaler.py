@@ -148,18 +148,49 @@ class Scaler:
         if self.tracker is not None and self.ports:
             await self.tracker.track(self.ports)
         if self.redirector is not None and self.ports:
-            self.activator = Activator(
-                netns_path=self.info.netns_path,
-                ports=[(p, self.redirector.activator_port(p)) for p in self.ports],
-                restore=lambda: self.restore(Trigger.CONNECTION),
-                classify=lambda peek: self.hooks.classify_connection(self.info, peek),
-                settings=self.settings.activator)
-            await self.activator.start()
+            await self._start_activator(self.redirector)
         else:
             log.warning("no redirector (or no ports): waking on traffic is off; the container "
                         "scales down on a plain timer and wakes only through exec",
                         extra={"container": self.info.id})
         self.arm()
+
+    async def begin_asleep(self, ports: Sequence[int]) -> None:
+        """The container starts scaled down from an image another node sent (nothing runs):
+        the activator listens on ``ports`` (the annotation's ports win) with the redirect on
+        when this returns, so no connection after ``Start`` is refused; the first connection
+        or exec restores it. The idle timer starts after that."""
+        self.phase = Phase.SCALED_DOWN
+        self.ports = list(self.settings.ports or ports)
+        await self._set_up_asleep()
+
+    async def _set_up_asleep(self) -> None:
+        async with self.lock:  # a wake-up by exec waits until the redirect is in place
+            if self.tracker is not None and self.ports:
+                await self.tracker.track(self.ports)
+            if self.redirector is not None and self.ports:
+                try:
+                    await self._start_activator(self.redirector)
+                    await self.redirector.redirect(self.ports)
+                except Exception:  # Start must not fail: an exec still wakes it
+                    log.exception("cannot redirect the ports of a container that arrived "
+                                  "asleep: it wakes only through exec",
+                                  extra={"container": self.info.id})
+            else:
+                log.warning("no redirector (or no ports): a container that arrives asleep "
+                            "wakes only through exec", extra={"container": self.info.id})
+            log.info("scaled down from a migrated image", extra={
+                "container": self.info.id, "ports": self.ports})
+            self._publish(Phase.SCALED_DOWN)
+
+    async def _start_activator(self, redirector: Redirector) -> None:
+        self.activator = Activator(
+            netns_path=self.info.netns_path,
+            ports=[(p, redirector.activator_port(p)) for p in self.ports],
+            restore=lambda: self.restore(Trigger.CONNECTION),
+            classify=lambda peek: self.hooks.classify_connection(self.info, peek),
+            settings=self.settings.activator)
+        await self.activator.start()
 
     async def _detect_ports(self) -> list[int]:
         """Poll /proc until the app listens (it may take a while to start)."""
@@ -398,6 +429,12 @@ class Scaler:
             self.activator = None
         if was_down and self.redirector is not None:
             await self.redirector.release(self.ports)
+        if was_down:
+            # The container ends asleep: its image is of no use any more, and whatever the
+            # checkpointer holds ready for a wake (a prepared CRIU in the container's cgroups)
+            # must go now, or the pod's cgroup cannot be removed and the pod lingers.
+            with contextlib.suppress(Exception):
+                await self.checkpointer.discard()
         self._publish(Phase.STOPPING)
         return was_down
 

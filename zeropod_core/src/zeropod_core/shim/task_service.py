@@ -30,6 +30,7 @@ from zeropod_core.model import ContainerInfo, Trigger
 from zeropod_core.providers import (
     CheckpointApiError,
     Checkpointer,
+    IncomingImage,
     RestoreRequest,
     StdioPipes,
     TaskCheckpointer,
@@ -274,6 +275,8 @@ class TaskService:
         """A restore (or cold start) gave the init a new host PID: follow it."""
         container.init.pid = pid
         self._watch(container, container.init)
+        if container.oom is None:  # a container that started asleep runs for the first time
+            self._watch_oom(container)
 
     def _give_up(self, container: Container, status: int) -> None:
         """The container ends without a process to reap (killed or failed while asleep)."""
@@ -332,8 +335,12 @@ class TaskService:
                               io_uid=options.io_uid, io_gid=options.io_gid,
                               no_pivot_root=options.no_pivot_root)
         checkpoint = req.checkpoint or options.criu_image_path
+        incoming = await self._incoming(info, values) if managed and not checkpoint else None
         try:
-            if checkpoint:
+            if incoming is not None:
+                # sent by another node: nothing runs until the first connection restores it
+                container.incoming = incoming
+            elif checkpoint:
                 # as runc.v2: nothing runs until Start restores the image (pid 0 until then)
                 container.restore_from = RestoreRequest(
                     image_path=checkpoint, pid_file=str(bundle / "init.pid"),
@@ -353,7 +360,7 @@ class TaskService:
             raise ttrpc.Unknown(f"failed to create shim task: OCI runtime create failed: "
                                 f"{exc.message}") from exc
         self.containers[req.id] = container
-        if not checkpoint:
+        if not checkpoint and incoming is None:
             self._watch(container, init)
             self._watch_oom(container)
         if managed:
@@ -366,6 +373,32 @@ class TaskService:
             checkpoint=req.checkpoint, pid=init.pid))
         log.info("container created", extra={"container": req.id, "pid": init.pid})
         return task.CreateTaskResponse(pid=init.pid)
+
+    async def _incoming(self, info: ContainerInfo,
+                        values: dict[str, object]) -> IncomingImage | None:
+        """The image another node sent for this container, if a migrator says so; any
+        failure of the migrator means a normal (fresh) start."""
+        migrator = self.hooks.make_migrator(info, values)
+        if migrator is None:
+            return None
+        try:
+            incoming = await migrator.incoming()
+        except Exception:
+            log.exception("migrator failed; starting the container fresh",
+                          extra={"container": info.id})
+            return None
+        if incoming is not None:
+            log.info("starting from a migrated image, scaled down", extra={
+                "container": info.id, "source": incoming.source, "ports": incoming.ports})
+        return incoming
+
+    def _start_asleep(self, container: Container) -> None:
+        """Start of a container whose image arrived from another node: its stdio is wired
+        (a restore replaces the pipes) but no process runs; the scaler sleeps from now on."""
+        io = self._start_io(container, container.init)
+        container.init.io = io
+        io.close_child_ends()
+        io.start_copying(asyncio.get_running_loop())
 
     async def _create_init(self, container: Container, options: CreateSettings) -> None:
         args = ["create", "--bundle", str(container.bundle)]
@@ -418,6 +451,8 @@ class TaskService:
             if not req.exec_id:
                 if container.restore_from is not None:
                     await self._restore_init(container, container.restore_from)
+                elif container.incoming is not None:
+                    self._start_asleep(container)
                 else:
                     try:
                         await container.runc.run("start", req.id)
@@ -427,7 +462,10 @@ class TaskService:
                     process.state = State.RUNNING
                 self.publisher.publish(events.TaskStart(container_id=req.id, pid=process.pid))
                 if container.scaler is not None and process.state is State.RUNNING:
-                    container.scaler.begin()
+                    if container.incoming is not None:
+                        await container.scaler.begin_asleep(container.incoming.ports)
+                    else:
+                        container.scaler.begin()
             else:
                 await self._start_exec(container, process)
         return task.StartResponse(pid=process.pid)

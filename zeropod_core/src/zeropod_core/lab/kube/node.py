@@ -210,6 +210,19 @@ class KubeNode:
     def processes(self) -> list[LabProcess]:
         return [p for p in (self.containerd, self.kubelet) if p is not None]
 
+    def restart_containerd(self) -> None:
+        """Restart the node's containerd (its shims and containers keep running)."""
+        assert self.containerd is not None
+        self.containerd.restart()
+        wait_until(f"containerd of {self.name} after a restart",
+                   lambda: self.ctr.ctr("version", check=False).returncode == 0,
+                   timeout=20, watch=[self.containerd], interval=0.05)
+
+    def restart_kubelet(self) -> None:
+        """Restart the node's kubelet (it finds its pods again through CRI)."""
+        assert self.kubelet is not None
+        self.kubelet.restart()
+
     def rss_kib(self) -> int:
         """Resident memory of the node's own daemons (containerd, kubelet), not of pods."""
         return sum(p.rss_kib() for p in self.processes())

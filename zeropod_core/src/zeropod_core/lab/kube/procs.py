@@ -35,6 +35,8 @@ class LabProcess:
     name: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    argv: tuple[str, ...] = ()
+    env: Mapping[str, str] | None = None
 
     @classmethod
     def spawn(cls, name: str, argv: Sequence[str], log_path: Path,
@@ -45,7 +47,12 @@ class LabProcess:
                 list(argv), stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
                 start_new_session=True, env={**os.environ, **(env or {})})
         log.info("started", extra={"component": name, "pid": process.pid})
-        return cls(name, process, log_path)
+        return cls(name, process, log_path, tuple(argv), env)
+
+    def restart(self, timeout: float = 10.0) -> None:
+        """Stop the process (by PID) and start it again the same way (a daemon restart)."""
+        self.stop(timeout)
+        self.process = LabProcess.spawn(self.name, self.argv, self.log_path, self.env).process
 
     @property
     def pid(self) -> int:

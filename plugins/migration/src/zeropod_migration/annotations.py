@@ -1,0 +1,85 @@
+"""The pod annotations of migration (upstream's names) and the files both sides agree on.
+
+* ``zeropod.ctrox.dev/migrate: "<c1>,<c2>"``: these containers move to the replacement pod
+  on another node while scaled down (their image travels; they are never started).
+* ``zeropod.ctrox.dev/live-migrate: "<container>"``: this running container moves live
+  (lazy pages; not implemented yet).
+* ``zeropod.ctrox.dev/disable-migrate-data: "true"``: the files the container wrote (its
+  overlay upper dir) stay behind.
+
+Files, below ``<image root>/<container id>/``:
+
+* ``source.json`` (source node, written by the shim after each checkpoint of a container
+  that may migrate): where its overlay upper dir is, and whether it travels; the image
+  service streams that folder as ``upper/`` after the CRIU images.
+* ``snapshot/zeropod-migration.json`` (target node, written by the manager once an image is
+  pulled and verified): the app's ports and where the image came from. Its presence is what
+  makes the target shim start the container asleep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+PREFIX = "zeropod.ctrox.dev/"
+MIGRATE = PREFIX + "migrate"
+LIVE_MIGRATE = PREFIX + "live-migrate"
+DISABLE_MIGRATE_DATA = PREFIX + "disable-migrate-data"
+
+SOURCE_FILE = "source.json"
+INCOMING_FILE = "zeropod-migration.json"
+UPPER = "upper"
+
+
+def wants_migration(config: object, names: tuple[str, ...]) -> bool:
+    """Whether the ``migrate`` annotation lists the container under any of ``names``."""
+    return isinstance(config, frozenset) and bool(config & set(names))
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What the source shim tells its manager about a checkpointed container."""
+
+    upper_dir: str
+    migrate_data: bool
+
+    def save(self, base: Path) -> None:
+        _write_json(base / SOURCE_FILE, asdict(self))
+
+    @classmethod
+    def load(cls, base: Path) -> SourceInfo | None:
+        try:
+            data = json.loads((base / SOURCE_FILE).read_text())
+            return cls(upper_dir=str(data["upper_dir"]), migrate_data=bool(data["migrate_data"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+@dataclass(frozen=True)
+class IncomingInfo:
+    """What the target manager leaves with a pulled image for the target shim."""
+
+    ports: tuple[int, ...]
+    source: str
+
+    def save(self, snapshot: Path) -> None:
+        _write_json(snapshot / INCOMING_FILE, {"ports": list(self.ports), "source": self.source})
+
+    @classmethod
+    def load(cls, snapshot: Path) -> IncomingInfo | None:
+        try:
+            data = json.loads((snapshot / INCOMING_FILE).read_text())
+            return cls(ports=tuple(int(p) for p in data["ports"]), source=str(data["source"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+def _write_json(path: Path, data: object) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(data, out)
+    tmp.replace(path)

@@ -1,0 +1,136 @@
+"""Shim side of ``zeropod-migration`` (entry point group ``zeropod.shim``): standard library
+and zeropod_core only — the shim never imports gRPC, TLS or compression code.
+
+* Source node: after each checkpoint of a container listed in ``zeropod.ctrox.dev/migrate``,
+  record where its overlay upper dir is (``source.json``), so the manager's image service can
+  stream the container's files with its image.
+* Target node: :class:`IncomingMigrator` tells the core at ``Create`` that the container
+  starts asleep from an image the manager pulled (``snapshot/zeropod-migration.json``), and
+  puts the files that travelled (``snapshot/upper``) into the new rootfs's upper dir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from zeropod_core import hookimpl
+from zeropod_core.config import parse_bool, parse_names
+from zeropod_core.model import ContainerInfo, Outcome
+from zeropod_core.providers import IncomingImage
+
+from .annotations import (
+    DISABLE_MIGRATE_DATA,
+    INCOMING_FILE,
+    LIVE_MIGRATE,
+    MIGRATE,
+    UPPER,
+    IncomingInfo,
+    SourceInfo,
+    wants_migration,
+)
+from .overlay import move_into, upper_dir
+
+log = logging.getLogger("zeropod.migration.shim")
+
+_image_root = Path(os.environ.get("ZEROPOD_IMAGE_ROOT") or "/var/lib/zeropod/i")
+# container id -> whether its files travel (only containers listed in the migrate annotation)
+_migrating: dict[str, bool] = {}
+
+
+def _names(container: ContainerInfo) -> tuple[str, ...]:
+    return tuple(n for n in (container.container_name, container.id) if n)
+
+
+@hookimpl
+def zeropod_register_annotations(
+    register: Callable[[str, Callable[[str], object], str | None, str], None],
+) -> None:
+    register(MIGRATE, parse_names, None,
+             "comma-separated containers that move to the replacement pod on another node "
+             "while scaled down (their checkpoint image travels; they are not started)")
+    register(LIVE_MIGRATE, str, None,
+             "the one running container that moves live (not implemented yet: ignored)")
+    register(DISABLE_MIGRATE_DATA, parse_bool, "false",
+             "true: the files a migrating container wrote stay on the old node")
+
+
+@hookimpl
+def zeropod_configure(settings: Mapping[str, str]) -> None:
+    global _image_root
+    root = settings.get("ZEROPOD_IMAGE_ROOT", "").strip()
+    if root and os.path.isabs(root):
+        _image_root = Path(root)
+
+
+@hookimpl
+def zeropod_container_created(container: ContainerInfo, config: Mapping[str, object]) -> None:
+    if wants_migration(config.get(MIGRATE), _names(container)):
+        _migrating[container.id] = not config.get(DISABLE_MIGRATE_DATA)
+
+
+@hookimpl
+def zeropod_container_deleted(container: ContainerInfo) -> None:
+    _migrating.pop(container.id, None)
+
+
+@hookimpl
+def zeropod_after_checkpoint(container: ContainerInfo, outcome: Outcome) -> None:
+    """Tell the manager where the checkpointed container's files are (source side)."""
+    if not outcome.ok or container.id not in _migrating:
+        return
+    upper = upper_dir(Path(container.bundle) / "rootfs")
+    if upper is None:
+        log.info("the container's rootfs is not an overlay: its files cannot travel",
+                 extra={"container": container.id})
+    base = _image_root / container.id
+    if base.is_dir():
+        SourceInfo(upper_dir=str(upper or ""),
+                   migrate_data=_migrating[container.id] and upper is not None).save(base)
+
+
+class IncomingMigrator:
+    """Answers the core's "does this container arrive asleep from another node?"."""
+
+    def __init__(self, container: ContainerInfo, image_root: Path) -> None:
+        self.container = container
+        self.snapshot = image_root / container.id / "snapshot"
+
+    async def incoming(self) -> IncomingImage | None:
+        return await asyncio.to_thread(self._incoming)
+
+    def _incoming(self) -> IncomingImage | None:
+        info = IncomingInfo.load(self.snapshot)
+        if info is None:
+            return None
+        if not (self.snapshot / "inventory.img").is_file():
+            log.warning("a migrated image without CRIU's inventory: starting fresh",
+                        extra={"container": self.container.id, "source": info.source})
+            shutil.rmtree(self.snapshot, ignore_errors=True)
+            return None
+        files = self.snapshot / UPPER
+        if files.is_dir():
+            upper = upper_dir(Path(self.container.bundle) / "rootfs")
+            if upper is None:
+                log.warning("the container's rootfs is not an overlay: its files from the "
+                            "other node are dropped", extra={"container": self.container.id})
+            else:
+                moved = move_into(files, upper)
+                log.info("files of the migrated container in place",
+                         extra={"container": self.container.id, "entries": moved})
+            shutil.rmtree(files, ignore_errors=True)
+        (self.snapshot / INCOMING_FILE).unlink(missing_ok=True)  # one-shot
+        return IncomingImage(ports=info.ports, source=info.source)
+
+
+@hookimpl
+def zeropod_make_migrator(container: ContainerInfo,
+                          config: Mapping[str, object]) -> IncomingMigrator | None:
+    """A migrator for containers listed in ``zeropod.ctrox.dev/migrate``."""
+    if container.sandbox or not wants_migration(config.get(MIGRATE), _names(container)):
+        return None
+    return IncomingMigrator(container, _image_root)
