@@ -139,6 +139,22 @@ def test_builtin_probe_classifier_through_the_hook() -> None:
     assert classify(container=container, peek=b"\x16\x03\x01 tls hello") == "wake"
 
 
+def test_the_shim_side_of_installed_plugins_imports_no_heavy_client() -> None:
+    """The Kubernetes and Prometheus clients are manager dependencies only: loading every
+    installed shim plugin (as each pod's shim does) must import neither."""
+    code = ("import sys\n"
+            "from zeropod_core.model import RoleName\n"
+            "from zeropod_core.plugins import make_plugin_manager\n"
+            "pm = make_plugin_manager(RoleName.SHIM)\n"
+            "print(sorted(r.name for r in pm.records if r.status == 'loaded'))\n"
+            "print(sorted(m for m in ('kubernetes', 'prometheus_client') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={k: v for k, v in os.environ.items()
+                                          if not k.startswith("ZEROPOD_")}).stdout.splitlines()
+    assert "resize" in out[0]  # the resize plugin's shim side is among them
+    assert out[1] == "[]"
+
+
 def test_a_probe_whose_head_does_not_fit_the_buffer_wakes() -> None:
     from zeropod_core.builtin.probes import is_kube_probe
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from zeropod_core.lab.cgroupfs import v1_value
 from zeropod_core.lab.containerd import ZEROPOD_RUNTIME, LabContainer, PrivateContainerd
 from zeropod_core.lab.http import HttpResponse, http_get, wait_for_http
 from zeropod_core.lab.netns import PodNetwork, socket_in
@@ -268,9 +269,37 @@ def test_a_sleeping_container_looks_running(
     assert 0 < int(values["memory.usage_in_bytes"]) < 1024  # small, but not zero
     # ctr 1.6 has no "task update": send the Task API's Update as kubelet's resize would
     update_resources(lab_containerd.shim_address(container.id), container.id,
-                     {"memory": {"limit": 256 << 20}})  # accepted and ignored
+                     {"memory": {"limit": 256 << 20}})  # accepted, kept for the wake
     assert pod_network.pod_pids() == []  # none of that woke it
     assert _count(pod_network) >= 2  # and it still wakes with its state
+
+
+def test_the_last_update_while_asleep_is_applied_after_the_wake(
+    counter: Callable[..., LabContainer], pod_network: PodNetwork,
+    lab_containerd: PrivateContainerd
+) -> None:
+    """kubelet's in-place resize reaches a sleeping container as Task/Update: the restored
+    container must run with the resources of the last one, not those it was created with."""
+    container = counter()
+    first = pod_network.pod_pids()[0]
+    created_with = v1_value(first, "memory", "memory.limit_in_bytes")
+    pod_network.wait_asleep()
+    address = lab_containerd.shim_address(container.id)
+    update_resources(address, container.id,
+                     {"memory": {"limit": 200 << 20}, "cpu": {"shares": 300}})
+    update_resources(address, container.id,
+                     {"memory": {"limit": 123 << 20}, "cpu": {"shares": 512}})
+    assert pod_network.pod_pids() == []  # kept, not woken
+    before = _count(pod_network)  # wake it
+    pid = pod_network.pod_pids()[0]
+    assert pid != first
+    assert created_with != 123 << 20
+    assert v1_value(pid, "memory", "memory.limit_in_bytes") == 123 << 20
+    assert v1_value(pid, "cpu", "cpu.shares") == 512
+    assert _count(pod_network) == before + 1  # state kept through it all
+    # while running, an Update applies at once
+    update_resources(address, container.id, {"memory": {"limit": 150 << 20}})
+    assert v1_value(pid, "memory", "memory.limit_in_bytes") == 150 << 20
 
 
 def _masks(pid: int) -> dict[str, tuple[str, str]]:

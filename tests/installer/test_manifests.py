@@ -36,7 +36,9 @@ def _container(objects: list[dict[str, Any]], name: str) -> dict[str, Any]:
 def test_every_object_is_valid(overlay: str) -> None:
     objects = manifests.render(overlay)
     assert sorted((o["kind"], o["metadata"]["name"]) for o in objects) == [
-        ("ClusterRole", "zeropod:pod-reader"), ("ClusterRoleBinding", "zeropod:pod-reader"),
+        ("ClusterRole", "zeropod:event-creator"), ("ClusterRole", "zeropod:pod-reader"),
+        ("ClusterRole", "zeropod:pod-updater"), ("ClusterRoleBinding", "zeropod:event-creator"),
+        ("ClusterRoleBinding", "zeropod:pod-reader"), ("ClusterRoleBinding", "zeropod:pod-updater"),
         ("DaemonSet", "zeropod-node"), ("Namespace", NAMESPACE),
         ("RuntimeClass", "zeropod"), ("ServiceAccount", "zeropod-node")]
     for obj in objects:
@@ -104,6 +106,24 @@ def test_rbac_is_read_pods_only() -> None:
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "zeropod-node",
                                     "namespace": NAMESPACE}]
     assert _pod_spec(objects)["serviceAccountName"] == "zeropod-node"
+
+
+def test_rbac_of_labels_events_and_resize_is_exactly_what_they_call() -> None:
+    """The manager's one update per status event (GET + PUT of the pod), pods/resize and
+    event creation; nothing to list, patch or delete."""
+    objects = manifests.render()
+    updater = manifests.find(objects, "ClusterRole", "zeropod:pod-updater")
+    assert updater["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "update"]},
+        {"apiGroups": [""], "resources": ["pods/resize"], "verbs": ["update"]}]
+    events = manifests.find(objects, "ClusterRole", "zeropod:event-creator")
+    assert events["rules"] == [{"apiGroups": [""], "resources": ["events"],
+                                "verbs": ["create"]}]
+    for name in ("zeropod:pod-updater", "zeropod:event-creator"):
+        binding = manifests.find(objects, "ClusterRoleBinding", name)
+        assert binding["roleRef"]["name"] == name
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "zeropod-node",
+                                        "namespace": NAMESPACE}]
 
 
 @pytest.mark.parametrize("overlay", manifests.OVERLAYS)

@@ -151,4 +151,4 @@ def test_manager_from_the_image(image: str, lab_containerd: PrivateContainerd,
     assert healthz["redirector"]["loads"] is True, healthz["redirector"]
     assert {p["name"]: p["status"] for p in healthz["plugins"]} == {
         "criu": "loaded", "ebpf_redirect": "loaded", "metrics": "loaded",
-        "migration": "loaded"}
+        "migration": "loaded", "kube_status": "loaded", "resize": "loaded"}

@@ -112,6 +112,12 @@ class ShimHooks:
                                                                      config=config)
         return result
 
+    def update_while_scaled_down(self, container: ContainerInfo,
+                                 resources: Mapping[str, Any]) -> Mapping[str, Any]:
+        result: Mapping[str, Any] | None = self.pm.hook.zeropod_update_while_scaled_down(
+            container=container, resources=resources)
+        return resources if result is None else result
+
     def classify_connection(self, container: ContainerInfo, peek: bytes) -> str:
         result: str | None = self.pm.hook.zeropod_classify_connection(
             container=container, peek=peek)

@@ -10,15 +10,16 @@ hooks, keyword arguments, provider objects with ``async`` methods for firstresul
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from . import PROJECT_NAME
 
 if TYPE_CHECKING:
+    from .manager.kube import KubeApi
     from .model import ContainerInfo, ContainerStatus
-    from .providers import CollectorRegistryLike, MigrationService, NodeView
+    from .providers import CollectorRegistryLike, MigrationService, NodeView, PodResizer
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
@@ -58,6 +59,48 @@ def zeropod_handle_status(status: ContainerStatus) -> None:
     Called for every event of every shim, in order per container.
 
     :param status: the container, its new phase, the event time and duration.
+    """
+
+
+@hookspec
+def zeropod_edit_pod(status: ContainerStatus, pod: dict[str, Any], kube: KubeApi) -> None:
+    """Change the pod of a status event in memory: labels, annotations (not the spec).
+
+    Called only when the manager has Kubernetes access, once per event of a container of a
+    pod (``RUNNING``, ``SCALED_DOWN``, ``CHECKPOINT_FAILED``, ``RESTORE_FAILED``), in a
+    worker thread, in order per pod. The core reads the pod, lets every implementation edit
+    it, and writes it back in one update if anything changed; on a conflict it reads the pod
+    again and calls the implementations again, so an edit must depend only on the pod and
+    the event. Make no API calls here.
+
+    :param status: the container's new phase.
+    :param pod: the pod as the API returned it (a JSON dict); change it in place.
+    :param kube: the manager's Kubernetes access (switches, node name).
+    """
+
+
+@hookspec
+def zeropod_pod_updated(status: ContainerStatus, pod: dict[str, Any], kube: KubeApi) -> None:
+    """The pod was updated for a status event (and resized): emit Kubernetes events, etc.
+
+    Runs in a worker thread, in order per pod: blocking API calls through ``kube`` are fine.
+    A :class:`~zeropod_core.manager.kube.KubeError` saying the API is unreachable makes the
+    core retry the call with a back-off; any other is logged once per kind.
+
+    :param status: the container's new phase.
+    :param pod: the pod after the update.
+    :param kube: the manager's Kubernetes access.
+    """
+
+
+@hookspec(firstresult=True)
+def zeropod_make_pod_resizer(kube: KubeApi) -> PodResizer | None:
+    """Return what shrinks a sleeping container's requests and restores them on wake.
+
+    Asked once at start-up when the manager runs with ``--in-place-scaling``; without an
+    implementation the manager logs that in-place scaling is unavailable.
+
+    :param kube: the manager's Kubernetes access.
     """
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from .model import ContainerInfo, ManagedContainer, Outcome
+from .model import ContainerInfo, ContainerStatus, ManagedContainer, Outcome
 
 
 @dataclass(frozen=True)
@@ -257,4 +257,18 @@ class MigrationService(Protocol):
 
     async def serve(self) -> None:
         """Run until cancelled."""
+        ...
+
+
+@runtime_checkable
+class PodResizer(Protocol):
+    """Shrinks the requests of a sleeping container's pod in place and restores them on wake
+    (the scheduler can use what a sleeping pod does not). Provided by ``zeropod-resize``."""
+
+    async def resize(self, status: ContainerStatus, pod: Mapping[str, Any]) -> None:
+        """Make the requests of ``status.container`` fit its phase: the minimum while
+        ``SCALED_DOWN``, the original ones when ``RUNNING``. ``pod`` is the pod as just
+        updated; an unchanged pod needs no call. Raise nothing for a refusal the plugin
+        already logged; a :class:`~zeropod_core.manager.kube.KubeError` is logged by the
+        core."""
         ...

@@ -161,6 +161,22 @@ def zeropod_classify_connection(container: ContainerInfo, peek: bytes) -> str | 
     """
 
 
+@hookspec(firstresult=True)
+def zeropod_update_while_scaled_down(
+    container: ContainerInfo, resources: Mapping[str, Any]
+) -> Mapping[str, Any] | None:
+    """A resource ``Update`` arrived while the container sleeps: choose what it wakes with.
+
+    There is no process to update, so the core keeps the last ``Update`` and applies it
+    (``runc update``) right after the restore, before the container serves again. Return
+    other OCI ``LinuxResources`` to apply instead (e.g. to ignore a temporary change), or
+    None to keep ``resources``.
+
+    :param container: the sleeping container.
+    :param resources: the OCI ``LinuxResources`` of the ``Update`` (decoded JSON).
+    """
+
+
 # --- lifecycle notifications (all implementations, isolated) ---------------------------------
 
 

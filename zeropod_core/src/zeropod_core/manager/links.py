@@ -19,13 +19,15 @@ from typing import Any
 
 from zeropod_core import ttrpc
 from zeropod_core.api import ZEROPOD_SHIM_SERVICE, zeropod_shim
-from zeropod_core.model import ManagedContainer, Metric
+from zeropod_core.model import ContainerInfo, ContainerStatus, ManagedContainer, Metric, Phase
 
 log = logging.getLogger("zeropod.manager.links")
 
 CALL_TIMEOUT_S = 2.0
 RETRY_S = 0.5
 _PHASE_NAMES = {v: k for k, v in zeropod_shim.ContainerPhase.items()}
+
+StatusCallback = Callable[[ManagedContainer, ContainerStatus], None]
 
 
 def _seconds(duration: Any) -> float | None:
@@ -42,7 +44,7 @@ def _samples(entry: Any) -> tuple[Metric, ...]:
 class ShimLink:
     """Status stream and metrics of one shim's node API socket."""
 
-    def __init__(self, path: str, on_status: Callable[[ManagedContainer], None]) -> None:
+    def __init__(self, path: str, on_status: StatusCallback) -> None:
         self.path, self._on_status = path, on_status
         self.records: dict[str, ManagedContainer] = {}
         self._task: asyncio.Task[None] | None = None
@@ -121,7 +123,10 @@ class ShimLink:
             self.records.pop(status.id, None)  # its series go away
         else:
             self.records[status.id] = record
-        self._on_status(record)
+        info = ContainerInfo(id=status.id, bundle="", namespace="", pod_name=status.pod_name,
+                             pod_namespace=status.pod_namespace, container_name=status.name)
+        self._on_status(record, ContainerStatus(info, Phase(record.phase), when, duration,
+                                                status.event_log))
 
     async def refresh(self, client: ttrpc.Client | None = None) -> None:
         """Fetch the shim's current metrics into the records."""

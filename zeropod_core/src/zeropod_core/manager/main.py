@@ -20,13 +20,16 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from zeropod_core import logs
-from zeropod_core.model import ContainerInfo, ContainerStatus, ManagedContainer, Phase, RoleName
+from zeropod_core.config import parse_switch
+from zeropod_core.model import ContainerStatus, ManagedContainer, RoleName
 from zeropod_core.plugins import ZeropodPluginManager, make_plugin_manager
 from zeropod_core.providers import MigrationService
 
 from .capabilities import core_capabilities
 from .http import HttpServer, json_body
+from .kube import KubeApi, KubeSettings, KubeUnavailable
 from .node import Node
+from .pods import PodUpdater
 
 log = logging.getLogger("zeropod.manager")
 
@@ -47,9 +50,14 @@ class Manager:
     """The node manager: links to shims, plugins, HTTP endpoints."""
 
     def __init__(self, socket_dir: str, pm: ZeropodPluginManager,
-                 housekeeping_s: float = HOUSEKEEPING_INTERVAL_S) -> None:
+                 housekeeping_s: float = HOUSEKEEPING_INTERVAL_S,
+                 kube_settings: KubeSettings | None = None) -> None:
         self.pm = pm
         self.housekeeping_s = housekeeping_s
+        self.kube_settings = kube_settings or KubeSettings()
+        self.kube: KubeApi | None = None
+        self.kube_problem = ""  # why a wanted Kubernetes access is not there
+        self.pods: PodUpdater | None = None
         self.node = Node(socket_dir, self._status_changed)
         self.started = time.time()
         self.capabilities: dict[str, Any] = {}
@@ -58,10 +66,7 @@ class Manager:
         self.http = HttpServer({"/metrics": self._metrics, "/healthz": self._healthz,
                                 "/status": self._status})
 
-    def _status_changed(self, record: ManagedContainer) -> None:
-        info = ContainerInfo(id=record.id, bundle="", namespace="", pod_name=record.pod,
-                             pod_namespace=record.namespace, container_name=record.name)
-        status = ContainerStatus(info, Phase(record.phase), record.since)
+    def _status_changed(self, record: ManagedContainer, status: ContainerStatus) -> None:
         for impl in reversed(self.pm.hook.zeropod_handle_status.get_hookimpls()):
             try:
                 impl.function(status=status)
@@ -70,9 +75,45 @@ class Manager:
                                                            "plugin": impl.plugin_name})
         log.info("status", extra={"container": record.id, "pod": record.pod,
                                   "phase": record.phase})
+        if self.pods is not None:
+            self.pods.submit(status)
+
+    def _connect_kube(self) -> None:
+        """Kubernetes access when a switch wants it; the manager runs on without it."""
+        settings = self.kube_settings
+        if not settings.wanted:
+            return
+        try:
+            self.kube = KubeApi.connect(settings)
+        except KubeUnavailable as exc:
+            self.kube_problem = str(exc)
+            log.error("no Kubernetes access: status labels, events and in-place scaling are "
+                      "off", extra={"reason": self.kube_problem})
+            return
+        resizer = None
+        if settings.in_place_scaling:
+            resizer = self.pm.hook.zeropod_make_pod_resizer(kube=self.kube)
+            if resizer is None:
+                self.kube_problem = "in-place scaling is on but no plugin provides a resizer " \
+                                    "(install zeropod-resize)"
+                log.error(self.kube_problem)
+        self.pods = PodUpdater(self.kube, self.pm, resizer)
+        log.info("Kubernetes access", extra={"server": self.kube.server,
+                                             "node": self.kube.node_name,
+                                             **asdict(settings)})
+
+    async def kube_health(self) -> dict[str, Any]:
+        """What ``/healthz`` says about Kubernetes: switches, reachability, problems."""
+        if self.kube is None:
+            return {**asdict(self.kube_settings), "reachable": False,
+                    "problem": self.kube_problem or "no Kubernetes switch is on"}
+        report = await asyncio.to_thread(self.kube.check)
+        report["resizer"] = self.pods is not None and self.pods.resizer is not None
+        return report | ({"problem": self.kube_problem} if self.kube_problem else {})
 
     def setup(self) -> None:
         settings = {k: v for k, v in os.environ.items() if k.startswith("ZEROPOD_")}
+        settings.update(self.kube_settings.as_settings())
         self.pm.hook.zeropod_manager_configure.call_historic(kwargs={"settings": settings})
         # before the capabilities: the plugin reports there whether its service can run
         self.migration = self.pm.hook.zeropod_make_migration_service(settings=settings)
@@ -88,6 +129,7 @@ class Manager:
             self.registry = CollectorRegistry(auto_describe=False)
             self.pm.hook.zeropod_register_collectors(registry=self.registry, node=self.node)
         log.info("node capabilities", extra={"capabilities": self.capabilities})
+        self._connect_kube()
 
     async def _metrics(self) -> tuple[int, str, bytes]:
         await self.node.refresh()
@@ -99,7 +141,8 @@ class Manager:
 
     async def _healthz(self) -> tuple[int, str, bytes]:
         return json_body({"ok": True, "uptime_s": round(time.time() - self.started, 1),
-                          "shims": len(self.node.links), "capabilities": self.capabilities})
+                          "shims": len(self.node.links), "capabilities": self.capabilities,
+                          "kubernetes": await self.kube_health()})
 
     async def _status(self) -> tuple[int, str, bytes]:
         await self.node.refresh()
@@ -141,6 +184,8 @@ class Manager:
         await stop.wait()
         log.info("manager stopping")
         housekeeping.cancel()
+        if self.pods is not None:
+            await self.pods.close()
         if migration is not None:
             migration.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -188,13 +233,39 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="how often plugins clean up after containers that are gone, "
                              "e.g. orphaned checkpoint images (ZEROPOD_HOUSEKEEPING_INTERVAL; "
                              "default: %(default)s)")
+    try:
+        kube_env = KubeSettings.from_env(os.environ)
+    except ValueError as exc:
+        parser.error(str(exc))
+    kube = parser.add_argument_group(
+        "Kubernetes", "A DaemonSet pod uses its service account and NODE_NAME (downward "
+        "API); elsewhere give --kubeconfig and --node-name. The API is only used when one "
+        "of the switches is on.")
+    kube.add_argument("--kubeconfig", metavar="PATH", default=kube_env.kubeconfig,
+                      help="kubeconfig to reach the API outside a cluster "
+                           "(ZEROPOD_KUBECONFIG; default: the in-cluster service account)")
+    kube.add_argument("--node-name", metavar="NAME", default=kube_env.node_name,
+                      help="this node's name (NODE_NAME; default: the host name)")
+    for flag, env, default, what in (
+            ("--status-labels", "ZEROPOD_STATUS_LABELS", kube_env.status_labels,
+             "label pods status.zeropod.ctrox.dev/<container>=RUNNING|SCALED_DOWN"),
+            ("--status-events", "ZEROPOD_STATUS_EVENTS", kube_env.status_events,
+             "create Kubernetes events for restores, scale-downs and failures"),
+            ("--in-place-scaling", "ZEROPOD_IN_PLACE_SCALING", kube_env.in_place_scaling,
+             "shrink a sleeping container's requests to 1m CPU / 1Ki memory in place")):
+        kube.add_argument(flag, nargs="?", const=True, default=default, type=parse_switch,
+                          metavar="BOOL", help=f"{what} ({env}; default: %(default)s)")
     parser.add_argument("--debug", action="store_true", help="log at debug level")
     args = parser.parse_args(argv)
     logs.set_context(component="manager", pid=os.getpid())
     logs.configure(sys.stderr, level=logging.DEBUG if args.debug else logging.INFO)
     host, _, port = args.listen.rpartition(":")
     manager = Manager(args.socket_dir, make_plugin_manager(RoleName.MANAGER),
-                      housekeeping_s=args.housekeeping_interval)
+                      housekeeping_s=args.housekeeping_interval,
+                      kube_settings=KubeSettings(
+                          kubeconfig=args.kubeconfig, node_name=args.node_name,
+                          status_labels=args.status_labels, status_events=args.status_events,
+                          in_place_scaling=args.in_place_scaling))
     manager.setup()
     return asyncio.run(manager.run(host or "127.0.0.1", int(port), args.ready_file))
 

@@ -6,11 +6,11 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from zeropod_core.model import ManagedContainer
 
-from .links import ShimLink
+from .links import ShimLink, StatusCallback
 
 log = logging.getLogger("zeropod.manager.node")
 
@@ -22,7 +22,7 @@ class Node:
     """Every shim link of this node; implements :class:`~zeropod_core.providers.NodeView`."""
 
     def __init__(self, socket_dir: str,
-                 on_status: Callable[[ManagedContainer], None]) -> None:
+                 on_status: StatusCallback) -> None:
         self.socket_dir, self._on_status = socket_dir, on_status
         self.links: dict[str, ShimLink] = {}
         self._scanner: asyncio.Task[None] | None = None

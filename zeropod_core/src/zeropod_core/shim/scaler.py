@@ -21,8 +21,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from zeropod_core import config as cfg
 from zeropod_core.activator import Activator, ActivatorSettings
@@ -91,18 +92,23 @@ class Scaler:
                  checkpointer: Checkpointer, fallback: Checkpointer,
                  redirector: Redirector | None, tracker: ActivityTracker | None,
                  hooks: ShimHooks, adopt: Callable[[int], None],
-                 give_up: Callable[[int], None]) -> None:
+                 give_up: Callable[[int], None],
+                 apply_update: Callable[[Mapping[str, Any]], Awaitable[None]]) -> None:
         """:param info: the container.
         :param init_pid: its init's current host PID (it changes on every restore).
         :param adopt: called with the new PID after a restore (the shim watches it).
         :param give_up: called with an exit status when the container cannot come back.
+        :param apply_update: applies OCI resources to the running container (``runc
+            update``); used for the last ``Update`` that arrived while it slept.
 
         The scaler knows the container only through these, so it does not depend on the
         shim's process model (which refers to its scaler)."""
         self.info, self._init_pid, self.settings, self.hooks = info, init_pid, settings, hooks
         self.checkpointer, self.fallback = checkpointer, fallback
         self.redirector, self.tracker = redirector, tracker
-        self._adopt, self._give_up = adopt, give_up
+        self._adopt, self._give_up, self._apply_update = adopt, give_up, apply_update
+        # the last resource Update that arrived while asleep, applied right after the restore
+        self.pending_update: Mapping[str, Any] | None = None
         self.phase = Phase.RUNNING
         self.ports: list[int] = []
         self.activator: Activator | None = None
@@ -336,6 +342,7 @@ class Scaler:
             except Exception as exc:  # noqa: BLE001 - any failure falls back to a cold start
                 restored = await self._cold_start(exc, time.monotonic() - started)
             self._adopt(restored.pid)
+            await self._apply_pending_update()
             if self.redirector is not None and self.activator is not None:
                 await self.redirector.release(self.ports)
             self.phase = Phase.RUNNING
@@ -347,6 +354,31 @@ class Scaler:
                                         "duration_s": round(restored.outcome.duration_s, 4)})
             self._publish(Phase.RUNNING, restored.outcome.duration_s)
         self.arm()
+
+    async def update_resources(self, resources: Mapping[str, Any]) -> bool:
+        """A resource ``Update``: kept for the restore while asleep (True), or to be applied
+        now by the caller (False). Serialised with checkpoint and restore by the lock, so an
+        Update is neither lost in a scale-down nor applied to a container being restored."""
+        async with self.lock:
+            if self.phase is not Phase.SCALED_DOWN:
+                return False
+            self.pending_update = self.hooks.update_while_scaled_down(self.info, resources)
+            log.info("update kept for the restore while scaled down",
+                     extra={"container": self.info.id, "resources": self.pending_update})
+            return True
+
+    async def _apply_pending_update(self) -> None:
+        update, self.pending_update = self.pending_update, None
+        if update is None:
+            return
+        try:
+            await self._apply_update(update)
+        except Exception as exc:  # noqa: BLE001 - the app runs; its old resources stay
+            log.error("applying the update kept while scaled down failed", extra={
+                "container": self.info.id, "resources": update, "error": str(exc)})
+        else:
+            log.info("applied the update kept while scaled down",
+                     extra={"container": self.info.id, "resources": update})
 
     async def _cold_start(self, error: Exception, duration_s: float) -> RestoredProcess:
         failed = Outcome(ok=False, duration_s=duration_s, error=str(error))

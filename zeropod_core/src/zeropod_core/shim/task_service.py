@@ -267,7 +267,9 @@ class TaskService:
             redirector=self.hooks.make_redirector(container.info) if has_netns else None,
             tracker=self.hooks.make_activity_tracker(container.info) if has_netns else None,
             hooks=self.hooks, adopt=lambda pid: self._adopt(container, pid),
-            give_up=lambda status: self._give_up(container, status))
+            give_up=lambda status: self._give_up(container, status),
+            apply_update=lambda resources: self._runc_update(
+                container, json.dumps(resources).encode()))
 
     def _adopt(self, container: Container, pid: int) -> None:
         """A restore (or cold start) gave the init a new host PID: follow it."""
@@ -672,16 +674,26 @@ class TaskService:
         return EMPTY()
 
     async def update(self, ctx: ttrpc.CallContext, req: Any) -> Any:
+        """Resources of a running container change at once (``runc update``); a sleeping
+        container keeps the last Update and gets it right after its restore."""
         container = self._container(req.id)
-        if _scaled_down(container):
-            log.info("update ignored while scaled down", extra={"container": req.id})
-            return EMPTY()
+        if container.scaler is not None:
+            try:
+                resources = json.loads(req.resources.value or b"{}")
+            except ValueError as exc:
+                raise ttrpc.InvalidArgument(f"update of {req.id}: resources are not "
+                                            f"JSON LinuxResources: {exc}") from exc
+            if await container.scaler.update_resources(resources):
+                return EMPTY()
+        await self._runc_update(container, req.resources.value)
+        return EMPTY()
+
+    async def _runc_update(self, container: Container, resources: bytes) -> None:
         try:
-            await container.runc.run("update", "--resources", "-", req.id,
-                                     input=req.resources.value)
+            await container.runc.run("update", "--resources", "-", container.id,
+                                     input=resources)
         except RuncError as exc:
             raise ttrpc.Unknown(exc.message) from exc
-        return EMPTY()
 
     async def stats(self, ctx: ttrpc.CallContext, req: Any) -> Any:
         container = self._container(req.id)

@@ -1,0 +1,1 @@
+"""zeropod-kube-status: pod labels and Kubernetes events for zeropod's status events."""
