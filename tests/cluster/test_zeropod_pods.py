@@ -9,7 +9,6 @@ out of the box.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import subprocess
 import time
@@ -25,6 +24,7 @@ from zeropod_core.lab.http import http_get, wait_for_http
 from zeropod_core.lab.kube import KubeCluster
 from zeropod_core.lab.kube.workloads import counter_container, zeropod_pod
 from zeropod_core.lab.manager import LabManager
+from zeropod_core.lab.pty import run_in_pty
 
 from .test_cluster import HOST_NETNS
 
@@ -116,31 +116,6 @@ def test_probes_neither_keep_it_awake_nor_wake_it(pods: Pods, kube_cluster: Kube
     assert _count(pod) == before + 1, "the wake lost the app's memory"
 
 
-def _pty_run(argv: list[str], timeout: float = 30) -> tuple[int, str]:
-    """Run ``argv`` with a pty as its stdio (``kubectl exec -it`` wants a terminal)."""
-    master, slave = os.openpty()
-    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave,
-                            start_new_session=True)
-    os.close(slave)
-    chunks = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            data = os.read(master, 4096)
-        except OSError:
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(master)
-    try:
-        return proc.wait(timeout=5), b"".join(chunks).decode(errors="replace")
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise
-
-
 def test_kubectl_exec_wakes_it_and_returns(pods: Pods, kube_cluster: KubeCluster) -> None:
     pod = pods.start([counter_container()])
     name = pod["metadata"]["name"]
@@ -157,7 +132,7 @@ def test_kubectl_exec_wakes_it_and_returns(pods: Pods, kube_cluster: KubeCluster
         assert _count(pod) == count, f"round {round_}: state lost"
     pods.wait_phase(name, "SCALED_DOWN", timeout=20)
     kubectl = str(kube_cluster.binaries.k8s("kubectl"))
-    code, output = _pty_run([kubectl, f"--kubeconfig={kube_cluster.kubeconfig}", "exec", "-it",
+    code, output = run_in_pty([kubectl, f"--kubeconfig={kube_cluster.kubeconfig}", "exec", "-it",
                              name, "--", "/usr/bin/python3", "-c",
                              "import sys; print('tty-ok', sys.stdout.isatty()); sys.exit(5)"])
     assert code == 5 and "tty-ok True" in output, output

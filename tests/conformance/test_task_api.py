@@ -6,7 +6,6 @@ difference between them fails the zeropod variant.
 
 from __future__ import annotations
 
-import os
 import secrets
 import subprocess
 import time
@@ -19,6 +18,7 @@ import pytest
 from zeropod_core.lab.containerd import LabContainer, PrivateContainerd
 from zeropod_core.lab.http import http_get, wait_for_http
 from zeropod_core.lab.netns import PodNetwork
+from zeropod_core.lab.pty import run_in_pty
 from zeropod_core.lab.pytest_plugin import LabImages
 from zeropod_core.lab.taskapi import update_resources
 
@@ -40,23 +40,8 @@ def _wait_status(container: LabContainer, wanted: str, timeout: float = 10.0) ->
 
 def _ctr_in_pty(daemon: PrivateContainerd, *args: str, timeout: float = 30) -> tuple[int, str]:
     """Run ctr with a pty as its stdio (ctr -t insists on a terminal); return code, output."""
-    master, slave = os.openpty()
-    argv = ["ctr", "--address", str(daemon.address), "--namespace", daemon.namespace, *args]
-    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave,
-                            start_new_session=True)
-    os.close(slave)
-    chunks = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            data = os.read(master, 4096)
-        except OSError:  # EIO: every slave fd closed
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(master)
-    return proc.wait(timeout=10), b"".join(chunks).decode(errors="replace")
+    return run_in_pty(["ctr", "--address", str(daemon.address), "--namespace",
+                       daemon.namespace, *args], timeout)
 
 
 def test_run_detached_serves_http(
