@@ -25,24 +25,24 @@ _POLL_S = 0.005
 def procs_file(pid: int) -> Path | None:
     """The ``cgroup.procs`` that lists every process of ``pid``'s container, or None.
 
-    The v1 ``pids`` (or ``memory``, ``cpu``...) hierarchy where there is one, else cgroup2.
+    The v1 ``pids`` hierarchy where there is one, else another v1 controller, else cgroup2.
     """
     try:
         lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
     except OSError:
         return None
-    candidates: list[Path] = []
+    v1: dict[str, Path] = {}
+    v2: list[Path] = []
     for line in lines:
         _, controllers, path = line.split(":", 2)
         if controllers == "":  # cgroup2: its own mount, or "unified" on a hybrid host
             unified = CGROUP_ROOT / "unified"
             base = unified if unified.is_dir() else CGROUP_ROOT
-            candidates.append(base / path.lstrip("/") / "cgroup.procs")
+            v2.append(base / path.lstrip("/") / "cgroup.procs")
         elif not controllers.startswith("name="):
-            first = "pids" if "pids" in controllers.split(",") else controllers
-            candidates.insert(0 if first == "pids" else len(candidates),
-                              CGROUP_ROOT / controllers / path.lstrip("/") / "cgroup.procs")
-    return next((c for c in candidates if c.exists()), None)
+            v1[controllers] = CGROUP_ROOT / controllers / path.lstrip("/") / "cgroup.procs"
+    pids = [procs for controllers, procs in v1.items() if "pids" in controllers.split(",")]
+    return next((c for c in (*pids, *v1.values(), *v2) if c.exists()), None)
 
 
 def members(procs: Path) -> list[int]:

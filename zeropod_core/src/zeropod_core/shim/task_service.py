@@ -276,7 +276,7 @@ class TaskService:
         container.init.pid = pid
         self._watch(container, container.init)
         if container.oom is None:  # a container that started asleep runs for the first time
-            self._watch_oom(container)
+            self._watch_cgroup(container)
 
     def _give_up(self, container: Container, status: int) -> None:
         """The container ends without a process to reap (killed or failed while asleep)."""
@@ -362,7 +362,7 @@ class TaskService:
         self.containers[req.id] = container
         if not checkpoint and incoming is None:
             self._watch(container, init)
-            self._watch_oom(container)
+            self._watch_cgroup(container)
         if managed:
             container.scaler = self._make_scaler(container, values)
         self.hooks.container_created(container.info, values)
@@ -409,7 +409,9 @@ class TaskService:
         args.append(container.id)
         container.init.pid = await self._spawn_with_io(container, container.init, args)
 
-    def _watch_oom(self, container: Container) -> None:
+    def _watch_cgroup(self, container: Container) -> None:
+        """Note where the container's processes are listed and watch its cgroup for OOMs
+        (once its init runs: after create, or after the restore of a checkpoint)."""
         container.cgroup_procs = cgroups.procs_file(container.init.pid)
         container.oom = OomWatcher.for_pid(
             asyncio.get_running_loop(), container.init.pid,
@@ -439,7 +441,7 @@ class TaskService:
             raise ttrpc.Unknown(f"OCI runtime restore failed: {exc}") from exc
         container.restore_from = None
         self._watch(container, container.init)
-        self._watch_oom(container)
+        self._watch_cgroup(container)
 
     async def start(self, ctx: ttrpc.CallContext, req: Any) -> Any:
         container, process = self._process(req.id, req.exec_id)
