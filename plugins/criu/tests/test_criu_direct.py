@@ -357,3 +357,45 @@ async def test_a_lazy_restore_leaves_only_the_large_areas_lazy(
     body = (await container.get()).json()
     assert body["started"] == first["started"]
     assert (await container.get("/crc", timeout=30)).json() == {"crc_ok": True, "mib": 80}
+
+
+async def test_the_next_dump_uses_a_criu_started_ahead_and_discard_ends_it(
+        lab: Lab, direct_settings: CriuSettings) -> None:
+    container = await _start(lab, direct_settings, "counter")
+    first = (await container.wait_http()).json()
+    checkpointer = CriuCheckpointer(container.info, container.runtime, {},
+                                    settings=direct_settings)
+    assert (await checkpointer.checkpoint()).ok
+    await _restore(lab, container, checkpointer)
+    assert checkpointer._sparing is not None
+    await checkpointer._sparing
+    assert checkpointer._spare is not None
+    netns, spare = checkpointer._spare
+    spare_pid = spare.pid
+    assert spare.alive and netns == str(container.net.pod_path)
+    pod_netns = os.stat(container.net.pod_path).st_ino
+    assert os.stat(f"/proc/{spare.pid}/ns/net").st_ino == pod_netns, "it dumps from inside"
+
+    assert (await checkpointer.checkpoint()).ok
+    assert spare.pidfd == -1, "the dump used it up"
+    await _gone(spare_pid)
+    await _restore(lab, container, checkpointer)
+    assert (await container.get()).json()["started"] == first["started"]
+    assert checkpointer._sparing is not None
+    await checkpointer._sparing
+    assert checkpointer._spare is not None
+    unused = checkpointer._spare[1]
+    unused_pid = unused.pid
+
+    await checkpointer.discard()
+
+    assert getattr(checkpointer, "_spare") is None  # noqa: B009 - mypy narrowed it above
+    await _gone(unused_pid)
+
+
+async def _gone(pid: int) -> None:
+    for _ in range(200):
+        if not is_alive(pid):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"process {pid} still runs")

@@ -104,8 +104,12 @@ def write_descriptors(images: Path, pid: int) -> None:
         os.close(fd)
 
 
-async def dump(state: RuncState, pid: int, options: DumpOptions) -> list[tuple[str, Path]]:
+async def dump(state: RuncState, pid: int, options: DumpOptions,
+               swrk: Swrk | None = None) -> list[tuple[str, Path]]:
     """Dump ``pid`` (the container's init) into ``options.images``; CRIU kills it.
+
+    ``swrk``: a ``criu swrk`` started ahead of time in the pod's network namespace (it is used
+    up either way); without one, or if it died, one is started now.
 
     CRIU runs in the network namespace the spec names by path (the pod's), so the image holds
     no network namespace: its restore must join one (:attr:`PreparedRestore.netns_joined`).
@@ -132,10 +136,13 @@ async def dump(state: RuncState, pid: int, options: DumpOptions) -> list[tuple[s
     netns = state.netns_path
     for mount in state.dump_mounts(pid):
         opts.ext_mnt.add(key=mount.key, val=mount.val)
-    try:
-        swrk = Swrk.spawn(options.criu, netns=netns)
-    except (SwrkError, OSError) as exc:
-        raise DirectError(str(exc)) from exc
+    if swrk is None or not swrk.alive:
+        if swrk is not None:
+            swrk.close()
+        try:
+            swrk = Swrk.spawn(options.criu, netns=netns)
+        except (SwrkError, OSError) as exc:
+            raise DirectError(str(exc)) from exc
     try:
         response = await _call(swrk, request, options.images, options.work, state, "dump.log",
                                options.log_level, options.file_locks, options.ext_unix_sk)
