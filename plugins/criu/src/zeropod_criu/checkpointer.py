@@ -128,11 +128,11 @@ class CriuCheckpointer:
             return []
         return dirs
 
-    def _structural_tmpfs(self, pid: int, state: runcstate.RuncState) -> list[tmpfs.Tmpfs]:
+    def _structural_tmpfs(self, pid: int, mounts: direct.DumpMounts) -> list[tmpfs.Tmpfs]:
         """The tmpfs mounts the direct dump leaves out (our config only; see .tmpfs)."""
         if not (self._owns_config and self.settings.tmpfs_external):
             return []
-        masked_files = {m.key for m in state.dump_mounts(pid) if m.val == "/dev/null"}
+        masked_files = {m.key for m in mounts.external if m.val == "/dev/null"}
         try:
             return tmpfs.structural_tmpfs(pid, set(self._masked), masked_files)
         except OSError as exc:
@@ -428,8 +428,9 @@ class CriuCheckpointer:
         if frozen.freezer is None:
             return None
         marks.append(("freeze", time.monotonic()))
+        mounts = direct.DumpMounts.read(state, pid)
         self._masked = self._masked_dirs(pid)
-        self._tmpfs = self._structural_tmpfs(pid, state)
+        self._tmpfs = self._structural_tmpfs(pid, mounts)
         self._write_config(masked.dump_externals(self._masked) +
                            tmpfs.dump_externals(self._tmpfs))
         dumped_start = process_start(pid)
@@ -440,7 +441,7 @@ class CriuCheckpointer:
         spare = self._take_spare(state.netns_path)
         try:
             async with asyncio.timeout(self.settings.timeout_s):
-                binds = await direct.dump(state, pid, options, spare)
+                binds = await direct.dump(state, pid, options, spare, mounts=mounts)
         except (direct.DirectError, TimeoutError, OSError) as exc:
             error = str(exc) or "timed out"
             thawed = frozen.freezer.thaw()

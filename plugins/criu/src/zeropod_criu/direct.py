@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ._pb import criu_rpc_pb2 as rpc
 from .lazy import LazyDaemon
-from .runcstate import RuncState
+from .runcstate import Mount, RuncState
 from .swrk import Swrk, SwrkError, messages, response_error
 
 log = logging.getLogger("zeropod.criu.direct")
@@ -105,7 +105,8 @@ def write_descriptors(images: Path, pid: int) -> None:
 
 
 async def dump(state: RuncState, pid: int, options: DumpOptions,
-               swrk: Swrk | None = None) -> list[tuple[str, Path]]:
+               swrk: Swrk | None = None, *, mounts: DumpMounts | None = None,
+               ) -> list[tuple[str, Path]]:
     """Dump ``pid`` (the container's init) into ``options.images``; CRIU kills it.
 
     ``swrk``: a ``criu swrk`` started ahead of time in the pod's network namespace (it is used
@@ -122,7 +123,8 @@ async def dump(state: RuncState, pid: int, options: DumpOptions,
     read once the process is gone). Raises :class:`DirectError` on failure (CRIU has then left
     the process running, frozen as it was).
     """
-    cgroup_binds = state.cgroup_binds(pid)
+    mounts = mounts or DumpMounts.read(state, pid)
+    cgroup_binds = mounts.cgroup_binds
     write_descriptors(options.images, pid)
     msgs = messages()
     request: rpc.criu_req = msgs.criu_req(type=msgs.DUMP)
@@ -134,7 +136,7 @@ async def dump(state: RuncState, pid: int, options: DumpOptions,
     # CRIU inside the pod's network namespace does not dump it; the restore joins it again
     # (``join_ns``), a ``runc restore`` fallback runs runc inside it
     netns = state.netns_path
-    for mount in state.dump_mounts(pid):
+    for mount in mounts.external:
         opts.ext_mnt.add(key=mount.key, val=mount.val)
     if swrk is None or not swrk.alive:
         if swrk is not None:
@@ -154,6 +156,20 @@ async def dump(state: RuncState, pid: int, options: DumpOptions,
     if not response.success:
         raise DirectError(f"criu dump failed: {response_error(response)}")
     return cgroup_binds
+
+
+@dataclass(frozen=True)
+class DumpMounts:
+    """The container's mounts a dump must know, read once per dump (each read parses
+    ``mountinfo`` of the shim and of the container)."""
+
+    cgroup_binds: list[tuple[str, Path]]
+    external: list[Mount]
+
+    @classmethod
+    def read(cls, state: RuncState, pid: int) -> DumpMounts:
+        binds = state.cgroup_binds(pid)
+        return cls(binds, state.dump_mounts(pid, binds))
 
 
 @dataclass
