@@ -439,12 +439,12 @@ class Scaler:
             self.activator = None
         if was_down and self.redirector is not None:
             await self.redirector.release(self.ports)
-        if was_down:
-            # The container ends asleep: its image is of no use any more, and whatever the
-            # checkpointer holds ready for a wake (a prepared CRIU in the container's cgroups)
-            # must go now, or the pod's cgroup cannot be removed and the pod lingers.
-            with contextlib.suppress(Exception):
-                await self.checkpointer.discard()
+        # The container ends: an image is of no use any more, and whatever the checkpointer
+        # holds ready (a prepared CRIU in the container's cgroups for a wake, or one in the
+        # pod's network namespace for the next dump) must go now, not at Delete, or the pod's
+        # cgroup and namespace cannot go and the pod lingers.
+        with contextlib.suppress(Exception):
+            await self.checkpointer.discard()
         self._publish(Phase.STOPPING)
         return was_down
 
