@@ -137,6 +137,12 @@ def test_kubectl_exec_wakes_it_and_returns(pods: Pods, kube_cluster: KubeCluster
                              "import sys; print('tty-ok', sys.stdout.isatty()); sys.exit(5)"])
     assert code == 5 and "tty-ok True" in output, output
     assert pods.phase(name) != "CHECKPOINT_FAILED"
+    # a command that does not exist fails at once, as under runc (it hung 60 s once)
+    started = time.monotonic()
+    proc = kube_cluster.kubectl("exec", name, "--", "/no/such/command", check=False,
+                                timeout=90)
+    assert proc.returncode != 0 and "no such file" in proc.stderr.lower(), proc.stderr
+    assert time.monotonic() - started < 20
 
 
 def test_kubectl_logs_show_output_from_before_and_after_checkpoints(

@@ -9,6 +9,7 @@ same assertions.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -80,6 +81,28 @@ def test_exec_output_ends_before_delete(client: ContainerdClient,
     assert (out, out_eof) == (b"out\n", True), "no EOF on the exec's stdout before Delete"
     assert (err, err_eof) == (b"err\n", True), "no EOF on the exec's stderr before Delete"
     assert client.delete_process(container_id, "e1").exit_status == 3
+    fifos.close()
+
+
+def test_exec_of_a_missing_command_fails_at_start_and_is_deleted(
+        client: ContainerdClient, make_container: MakeContainer) -> None:
+    """What the kubelet's ``kubectl exec <pod> -- nosuchcmd`` does through containerd's CRI:
+    Start fails at once with runc's error, then (``WithProcessKill``) Wait, Kill and Delete,
+    which must all return at once: runc.v2 ends the wait of an exec that never started."""
+    container_id = _running(client, make_container)
+    fifos = client.fifos(f"{container_id}-missing")
+    client.exec(container_id, "missing", ["/no/such/command"], fifos)
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError, match=r"no such file or directory|not found"):
+        client.start(container_id, "missing")
+    assert time.monotonic() - started < 10
+    waited = time.monotonic()
+    status = client.wait(container_id, "missing", timeout=20)
+    with contextlib.suppress(grpc.RpcError):  # runc.v2: NotFound, the process never ran
+        client.kill(container_id, 9, "missing", all=True)
+    client.delete_process(container_id, "missing")
+    assert time.monotonic() - waited < 10
+    print(f"exit status of an exec that never started: {status}")
     fifos.close()
 
 

@@ -479,7 +479,11 @@ class TaskService:
             process.pid = await self._spawn_with_io(container, process, [
                 "exec", "--detach", "--process", str(spec_file), container.id])
         except RuncError as exc:
+            # It never ran: a Wait returns at once (status 0, no exit time), as runc.v2's does.
+            # containerd's CRI waits for it before deleting the exec (WithProcessKill); without
+            # this, ``kubectl exec <pod> -- missing-command`` hung for 60 s.
             process.state = State.STOPPED
+            process.exited.set()
             raise ttrpc.Unknown(f"OCI runtime exec failed: {exc.message}") from exc
         finally:
             spec_file.unlink(missing_ok=True)
