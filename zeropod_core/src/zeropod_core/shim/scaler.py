@@ -433,6 +433,8 @@ class Scaler:
             # The container ends asleep: its image is of no use any more, and whatever the
             # checkpointer holds ready for a wake (a prepared CRIU in the container's cgroups)
             # must go now, or the pod's cgroup cannot be removed and the pod lingers.
+            # Plugins may take the image first (a migration's hand-over).
+            self.hooks.stopping_asleep(self.info)
             with contextlib.suppress(Exception):
                 await self.checkpointer.discard()
         self._publish(Phase.STOPPING)
