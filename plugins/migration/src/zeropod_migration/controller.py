@@ -4,14 +4,15 @@ Source node (the pod's node):
 
 * A pod of this node gets a ``deletionTimestamp`` and has ``zeropod.ctrox.dev/migrate`` and
   a ``pod-template-hash`` (a Deployment's pod): a ``Migration`` named after the pod is made,
-  owned by the pod, with the clean-up finalizer. Each listed container is ``Pending`` when
-  it sleeps, ``Failed`` at once when it runs (a running container cannot move cold).
-* The shim hands the sleeping container's image over when the kubelet deletes the container
+  owned by the pod's ReplicaSet, with the clean-up finalizer. Each listed container is
+  ``Pending`` when it sleeps, ``Failed`` at once when it runs (a running container cannot
+  move cold).
+* The shim hands the sleeping container's image over when the kubelet stops the container
   (:mod:`.handover`); the controller then publishes this node's image service as the
   container's ``imageServer`` and sets ``Running`` with ``pausedAt``.
 * Nobody claimed the ``Migration`` within the claim timeout: ``Unclaimed``.
 * A container in a final phase (``Completed``/``Failed``/``Unclaimed``), or a ``Migration``
-  being deleted (it is garbage-collected with its owner pod), loses its handed-over image;
+  being deleted (it is garbage-collected with its owner), loses its handed-over image;
   then the finalizer is removed. A handed-over image no ``Migration`` asks for is removed
   after the claim timeout.
 
@@ -265,11 +266,15 @@ class MigrationController:
                     ": only a scaled-down container can be migrated cold"))
         if not containers:
             return
+        # Owned by the pod's ReplicaSet until a pod claims it: the source pod object may be
+        # gone long before the replacement's container is created.
+        owners = tuple({k: o[k] for k in ("apiVersion", "kind", "name", "uid")}
+                       for o in meta.get("ownerReferences") or () if o.get("controller"))
         migration = Migration(
             name=name, namespace=namespace,
             spec=MigrationSpec(source_node=self.node_name, pod_template_hash=template_hash,
                                containers=tuple(containers), source_pod=name),
-            owner_references=({"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid},))
+            owner_references=owners)
         try:
             created = Migration.from_json(await self._call(
                 self.kube.create_custom, GROUP, VERSION, PLURAL, migration.to_json()))

@@ -10,6 +10,7 @@ node; a two-node lab passes one of each.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -219,6 +220,10 @@ def migration_lab(manager_env: dict[str, str] | None = None) -> Iterator[Migrati
     finally:
         if manager is not None:
             manager.stop()
+        if os.environ.get("ZEROPOD_KEEP_LAB"):  # the node's logs, for a look afterwards
+            for log in ("containerd.log", "kubelet.log"):
+                with contextlib.suppress(OSError):
+                    shutil.copy(cluster.node.base / log, folder / log)
         cluster.stop()
         if not os.environ.get("ZEROPOD_KEEP_LAB"):
             shutil.rmtree(folder, ignore_errors=True)
