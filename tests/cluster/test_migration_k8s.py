@@ -14,15 +14,20 @@ rename; a two-node lab passes two nodes and the image travels over mutual TLS.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from zeropod_core.lab.http import http_get
 from zeropod_core.lab.kube.migration import (
+    MIGRATIONS,
     MigrationLab,
     migration_lab,
     migration_phase,
@@ -154,3 +159,97 @@ def test_the_manager_reports_the_controller_and_the_ca(lab: MigrationLab) -> Non
     secret = lab.cluster.api().get("/api/v1/namespaces/zeropod-system/secrets/"
                                    "zeropod-migration-ca")
     assert set(secret["data"]) == {"ca.crt", "ca.key"}
+
+
+class _NoContainers:
+    """The target controller's view of its node: no zeropod container (not needed here)."""
+
+    def containers(self) -> list[Any]:
+        return []
+
+
+def _breaking(folder: Path, compression: str, extras: Mapping[str, Path]) -> Iterator[Any]:
+    """The source's stream, ended by an error after a few chunks (the node goes away)."""
+    from zeropod_migration.imagefs import ImageSender
+
+    for number, chunk in enumerate(ImageSender(folder, compression=compression,
+                                               extras=extras).chunks()):
+        if number == 6:
+            raise OSError("the source node went away midway")
+        yield chunk
+
+
+@pytest.mark.parametrize("failure", ["broken midway", "source manager down"])
+def test_a_failed_transfer_fails_the_migration_and_leaves_nothing(
+        lab: MigrationLab, tmp_path: Path, failure: str) -> None:
+    """The target's side of a migration from another node whose image does not arrive: a
+    source image service in this process (on one lab node the image is only renamed), a real
+    ``Migration`` and pod in the apiserver, the target's controller as the manager runs it.
+    The answer is "no image" (the container starts fresh, see tests/e2e), the ``Migration``
+    says ``Failed`` with the reason, and nothing is left in the target's image root."""
+    from zeropod_core.manager.kube import KubeApi, KubeSettings
+    from zeropod_migration.controller import MigrationController
+    from zeropod_migration.service import ImageServer
+    from zeropod_migration.settings import MigrationSettings
+    from zeropod_migration.tls import ClusterCA
+
+    api, tag = lab.cluster.api(), secrets.token_hex(3)
+    source_id, target_id = f"src{tag}", f"dst{tag}"
+    snapshot = tmp_path / "source" / source_id / "snapshot"
+    snapshot.mkdir(parents=True)
+    (snapshot / "inventory.img").write_bytes(b"inventory")
+    (snapshot / "pages-1.img").write_bytes(os.urandom(16 << 20))
+    pod = f"target-{tag}"
+    api.create("/api/v1/namespaces/default/pods", {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": pod, "labels": {"pod-template-hash": tag}},
+        "spec": {"nodeSelector": {"zeropod.test/never": "true"},  # stays Pending
+                 "containers": [{"name": "app", "image": "docker.io/zeropod/counter-app:v1"}]}})
+    ca = ClusterCA.create()
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+        server = ImageServer(tmp_path / "source", ca.issue("other-node", ["127.0.0.1"]),
+                             "127.0.0.1:0", chunks=_breaking)
+        await server.start()
+        port = server.port
+        if failure == "source manager down":
+            await server.stop(None)
+        name = f"source-{tag}"
+        api.create(MIGRATIONS, {
+            "apiVersion": "runtime.zeropod.ctrox.dev/v1", "kind": "Migration",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"sourceNode": "other-node", "sourcePod": name, "podTemplateHash": tag,
+                     "liveMigration": False, "restoreReady": False,
+                     "containers": [{"name": "app", "id": source_id,
+                                     "imageServer": {"host": "127.0.0.1", "port": port}}]}})
+        current = api.get(f"{MIGRATIONS}/{name}")
+        current["status"] = {"containers": [{"name": "app", "condition": {"phase": "Running"}}]}
+        api.call("PUT", f"{MIGRATIONS}/{name}/status", current)
+        kube = KubeApi.connect(KubeSettings(kubeconfig=str(lab.cluster.kubeconfig),
+                                            node_name=lab.target.name))
+        config = MigrationSettings(image_root=tmp_path / "target", image_timeout_s=30)
+        controller = MigrationController(kube, _NoContainers(), config,
+                                         ca.issue(lab.target.name, ["127.0.0.1"]),
+                                         port=lambda: 0, ca="test")
+        try:
+            answer = dict(await controller.node_api({
+                "container_id": target_id, "container_name": "app", "pod_name": pod,
+                "pod_namespace": "default"}))
+        finally:
+            await server.stop(None)
+        return answer, api.get(f"{MIGRATIONS}/{name}")
+
+    try:
+        answer, migration = asyncio.run(scenario())
+    finally:
+        api.delete(f"/api/v1/namespaces/default/pods/{pod}")
+    expected = "UNAVAILABLE" if failure == "source manager down" else "went away midway"
+    assert answer["image"] is False and expected in answer["reason"], answer
+    assert migration["spec"]["targetPod"] == pod
+    condition = migration["status"]["containers"][0]["condition"]
+    assert condition["phase"] == "Failed" and expected in condition["reason"]
+    leftovers = list((tmp_path / "target").rglob("*")) if (tmp_path / "target").exists() else []
+    assert leftovers == [], leftovers
+    # the Migration is owned by the (never started) target pod now: it goes with it
+    wait_for("the Migration garbage-collected",
+             lambda: lab.migration(migration["metadata"]["name"]) is None, 120, 0.5)
