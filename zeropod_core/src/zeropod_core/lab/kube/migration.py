@@ -9,7 +9,6 @@ node; a two-node lab passes one of each.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
@@ -28,6 +27,7 @@ from .. import images
 from ..containerd import SHIM_BINARY, shim_env
 from ..manager import LabManager
 from ..manifests import DEPLOY
+from .accounts import service_account_kubeconfig
 from .cluster import KubeCluster
 from .runtimes import zeropod_runtime
 from .workloads import counter_container
@@ -152,30 +152,6 @@ def _wrapped_shim(folder: Path) -> Path:
     wrapper.write_text(f"#!/bin/sh\n{exports}exec {real} \"$@\"\n")
     wrapper.chmod(0o755)
     return wrapper
-
-
-def service_account_kubeconfig(cluster: KubeCluster, folder: Path) -> Path:
-    """A kubeconfig with the token of zeropod-system/zeropod-node (1.20: a token secret)."""
-    api = cluster.api()
-
-    def token() -> str | None:
-        account = api.get_or_none("/api/v1/namespaces/zeropod-system/serviceaccounts/"
-                                  "zeropod-node") or {}
-        for ref in account.get("secrets", []):
-            secret = api.get(f"/api/v1/namespaces/zeropod-system/secrets/{ref['name']}")
-            if secret.get("type") == "kubernetes.io/service-account-token":
-                return base64.b64decode(secret["data"]["token"]).decode()
-        return None
-    value = wait_for("a token for the manager's service account", token, 30, 0.2)
-    path = folder / "zeropod-node.kubeconfig"
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "lab",
-        "clusters": [{"name": "lab", "cluster": {
-            "server": cluster.plane.server,
-            "certificate-authority": str(cluster.pki.ca.cert)}}],
-        "users": [{"name": "zeropod-node", "user": {"token": value}}],
-        "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "zeropod-node"}}]}))
-    return path
 
 
 def start_manager(cluster: KubeCluster, folder: Path, kubeconfig: Path,
