@@ -392,7 +392,7 @@ class FakeRuntime:
         return self.pid
 
     async def runc(self, *args: str, stdio: StdioPipes | None = None,
-                   timeout_s: float | None = None) -> RuncResult:
+                   timeout_s: float | None = None, netns: str | None = None) -> RuncResult:
         self.calls.append(args)
         key = "pre-dump" if "--pre-dump" in args else args[0]
         if key in self.effects:
@@ -435,8 +435,10 @@ async def test_checkpoint_calls_runc_once(tmp_path: Path, quiet_settings: CriuSe
     checkpointer = _checkpointer(runtime, quiet_settings)
     assert isinstance(checkpointer, Checkpointer)
     outcome = await checkpointer.checkpoint()
-    assert outcome.ok and outcome.image_bytes == 4106 and outcome.stats == {"prefreeze_us": 0}
     paths = checkpointer.paths
+    record = (paths.snapshot / "zeropod-dump.json").stat().st_size  # what a restore declares
+    assert outcome.ok and outcome.image_bytes == 4106 + record
+    assert outcome.stats == {"prefreeze_us": 0}
     assert runtime.calls == [("checkpoint", "--image-path", str(paths.snapshot), "--work-path",
                               str(paths.work), "--file-locks", "--ext-unix-sk", "c1")]
 

@@ -31,7 +31,7 @@ from zeropod_core.model import ContainerInfo, Outcome
 from zeropod_core.procfs import is_alive, process_start
 from zeropod_core.providers import RestoredProcess, RuntimeHandle
 
-from . import direct, lazy, masked, runcstate, tmpfs
+from . import direct, dumprecord, eager, lazy, masked, runcstate, tmpfs
 from .criuconf import CRIU_CONFIG_ANNOTATION, CriuConfig, write_config
 from .criulog import TAIL_LINES, log_tail, read_stats
 from .freezer import FreezeError, Freezer
@@ -239,6 +239,7 @@ class CriuCheckpointer:
         if result.returncode != 0:
             return await self._checkpoint_failed(result.error, frozen, pid, duration)
         self._dumped = (pid, dumped_start)
+        dumprecord.DumpRecord(masked=self._masked).write(self.paths.snapshot)
         return self._checkpointed(pid, frozen, duration, "runc", pre_dump=parent)
 
     def _checkpointed(self, pid: int, frozen: _Frozen, duration: float, path: str, *,
@@ -305,6 +306,7 @@ class CriuCheckpointer:
     async def _runc_restore(self, start: float) -> RestoredProcess:
         cid = self.container.id
         self.paths.pid_file.unlink(missing_ok=True)
+        netns = await self._adopt_dump_record()
         externals = self._restore_externals()
         if externals:
             self._write_config(externals)
@@ -314,7 +316,7 @@ class CriuCheckpointer:
                 "restore", "--detach", "--image-path", str(self.paths.snapshot),
                 "--work-path", str(self.paths.work), "--bundle", str(self.runtime.bundle),
                 "--pid-file", str(self.paths.pid_file), *self._common_flags(), cid,
-                stdio=stdio, timeout_s=self.settings.timeout_s)
+                stdio=stdio, timeout_s=self.settings.timeout_s, netns=netns)
         finally:
             stdio.close()
             if externals:
@@ -339,6 +341,43 @@ class CriuCheckpointer:
                                     "duration_ms": round(duration * 1e3, 1),
                                     "restore_time_us": stats.get("restore_time")})
         return RestoredProcess(pid, Outcome(ok=True, duration_s=duration, stats=stats))
+
+    async def _adopt_dump_record(self) -> str | None:
+        """Take what a restore of the image on disk must declare from its dump record
+        (:mod:`.dumprecord`): it may come from another checkpointer (another node, an earlier
+        shim). Recreates its tmpfs mounts; returns the network namespace runc must restore
+        from inside (the image was dumped there: CRIU restores into its own namespace, and
+        runc's ``empty_ns`` rules out CRIU's ``join_ns``), if any."""
+        try:
+            record = dumprecord.DumpRecord.read(self.paths.snapshot)
+            if record is None:
+                return None
+            self._masked, self._tmpfs = record.masked, record.tmpfs
+            if record.masked:
+                masked.ensure_source(self._masked_source)
+            if record.tmpfs:
+                await asyncio.to_thread(tmpfs.prepare, self.paths.tmpfs, record.tmpfs)
+        except (dumprecord.RecordError, OSError) as exc:
+            raise CriuRestoreError(f"cannot restore {self.container.id}: {exc}") from exc
+        if not record.netns_joined:
+            return None
+        netns = self._spec_netns()
+        if netns is None:
+            raise CriuRestoreError(
+                f"cannot restore {self.container.id}: its image was dumped inside a network "
+                "namespace, and the container's spec names none to restore it into")
+        return netns
+
+    def _spec_netns(self) -> str | None:
+        """The network namespace the bundle's spec names by path (the pod's), if any."""
+        try:
+            spec = json.loads((self.runtime.bundle / "config.json").read_text())
+        except (OSError, ValueError):
+            return None
+        for ns in spec.get("linux", {}).get("namespaces") or ():
+            if ns.get("type") == "network" and ns.get("path"):
+                return str(ns["path"])
+        return None
 
     async def discard(self) -> None:
         self._dumped = None
@@ -403,6 +442,8 @@ class CriuCheckpointer:
             return await self._checkpoint_failed(error, frozen, pid, time.monotonic() - start)
         marks.append(("criu", time.monotonic()))
         frozen.freezer.thaw()  # the killed tasks die; the restored ones must not start frozen
+        dumprecord.DumpRecord(netns_joined=state.netns_path is not None, masked=self._masked,
+                              tmpfs=self._tmpfs).write(self.paths.snapshot)
         duration = time.monotonic() - start
         self._dumped = (pid, dumped_start)
         image = _DirectImage(state, binds)
@@ -422,6 +463,13 @@ class CriuCheckpointer:
         threshold = self.settings.lazy_threshold_mib
         lazily = threshold is not None and \
             lazy.image_pages_bytes(self.paths.snapshot) >= threshold << 20
+        if lazily and self.settings.lazy_eager_mib:
+            try:
+                await asyncio.to_thread(eager.make_small_runs_eager, self.paths.snapshot,
+                                        self.settings.lazy_eager_mib << 20)
+            except (OSError, ValueError) as exc:
+                log.warning("the small runs of pages stay lazy too", extra={
+                    "container": self.container.id, "error": str(exc)})
         try:
             await asyncio.to_thread(tmpfs.prepare, self.paths.tmpfs, self._tmpfs)
             externals = self._restore_externals()

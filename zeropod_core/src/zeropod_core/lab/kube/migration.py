@@ -36,9 +36,6 @@ CRD = DEPLOY / "crds" / "migrations.runtime.zeropod.ctrox.dev.yaml"
 RBAC = (DEPLOY / "base" / "namespace.yaml", DEPLOY / "base" / "rbac.yaml",
         DEPLOY / "base" / "rbac-migration.yaml")
 MIGRATIONS = "/apis/runtime.zeropod.ctrox.dev/v1/namespaces/default/migrations"
-# Until the criu plugin writes a dump's external mounts into the image, a restore by another
-# shim (the target container's) must not need them (see docs/migration.md).
-NODE_ENV = {"ZEROPOD_CRIU_MASKED_EXTERNAL": "false", "ZEROPOD_CRIU_TMPFS_EXTERNAL": "false"}
 
 
 @dataclass
@@ -142,18 +139,6 @@ def migration_phase(migration: dict[str, Any] | None, container: str = "app") ->
     return None
 
 
-def _wrapped_shim(folder: Path) -> Path:
-    """The zeropod shim under its own name, with :data:`NODE_ENV` set (containerd passes its
-    environment to shims; this passes ours without touching the lab node's containerd)."""
-    real = Path(sys.executable).with_name(SHIM_BINARY)
-    wrapper = folder / "shim" / SHIM_BINARY
-    wrapper.parent.mkdir(parents=True, exist_ok=True)
-    exports = "".join(f"export {k}={v}\n" for k, v in NODE_ENV.items())
-    wrapper.write_text(f"#!/bin/sh\n{exports}exec {real} \"$@\"\n")
-    wrapper.chmod(0o755)
-    return wrapper
-
-
 def start_manager(cluster: KubeCluster, folder: Path, kubeconfig: Path,
                   extra_env: dict[str, str] | None = None) -> MigrationNode:
     """The node's manager with the migration controller, as the node's service account."""
@@ -176,7 +161,8 @@ def start_manager(cluster: KubeCluster, folder: Path, kubeconfig: Path,
 def migration_lab(manager_env: dict[str, str] | None = None) -> Iterator[MigrationLab]:
     """A single-node lab cluster ready for migrations (source and target are its node)."""
     folder = Path(tempfile.mkdtemp(prefix="zeropod-miglab-"))
-    cluster = KubeCluster.start(runtimes=[zeropod_runtime(_wrapped_shim(folder))],
+    shim = Path(sys.executable).with_name(SHIM_BINARY)
+    cluster = KubeCluster.start(runtimes=[zeropod_runtime(shim)],
                                 app_images=[images.counter_app_spec()])
     manager = None
     try:
