@@ -76,6 +76,10 @@ class _Lost(Exception):
     """Another pod claimed the Migration first."""
 
 
+class _Final(TransferError):
+    """The container's migration ended already (its reason stays as it is)."""
+
+
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
@@ -234,9 +238,12 @@ class MigrationController:
     async def _on_pod(self, kind: str, pod: dict[str, Any]) -> None:
         meta = pod.get("metadata") or {}
         annotation = (meta.get("annotations") or {}).get(MIGRATE)
-        if kind == "DELETED" or not meta.get("deletionTimestamp") or not annotation:
-            return
         uid = str(meta.get("uid", ""))
+        if kind == "DELETED":
+            self._pods_seen.discard(uid)
+            return
+        if not meta.get("deletionTimestamp") or not annotation:
+            return
         if uid in self._pods_seen:
             return
         self._pods_seen.add(uid)
@@ -304,6 +311,7 @@ class MigrationController:
         key = (migration.namespace, migration.name)
         if kind == "DELETED":
             self._mine.pop(key, None)
+            self._published.difference_update(c.id for c in migration.spec.containers)
             self._remove_images(migration, all_containers=True)
             return
         self._mine[key] = migration
@@ -389,7 +397,8 @@ class MigrationController:
         for migration in list(self._mine.values()):
             if migration.claimed or migration.extra_metadata.get("deletionTimestamp"):
                 continue
-            if _age_s({"metadata": migration.extra_metadata}) < self.config.claim_timeout_s:
+            if (_age_s({"metadata": migration.extra_metadata}) < self.config.claim_timeout_s
+                    or all(s.phase.final for s in migration.status)):
                 continue
             for status in migration.status:
                 if not status.phase.final:
@@ -450,8 +459,9 @@ class MigrationController:
             self.counters.failed += 1
             log.warning("migration failed; the container starts fresh", extra={
                 "migration": ref, "container": container_name, "reason": reason})
-            with contextlib.suppress(KubeError):
-                await self._set_phase(migration, container_name, Phase.FAILED, reason)
+            if not isinstance(exc, _Final):
+                with contextlib.suppress(KubeError):
+                    await self._set_phase(migration, container_name, Phase.FAILED, reason)
             return {"image": False, "migration": ref, "reason": reason}
         self.counters.received += 1
         await self._set_phase(migration, container_name, Phase.COMPLETED, restored_at=_now())
@@ -510,7 +520,7 @@ class MigrationController:
             source = next(c for c in current.spec.containers if c.name == container.name)
             status = next((s for s in current.status if s.name == container.name), None)
             if status is not None and status.phase.final:
-                raise TransferError(f"the migration is {status.phase.value}"
+                raise _Final(f"the migration is {status.phase.value}"
                                     + (f": {status.reason}" if status.reason else ""))
             if source.image_server is not None:
                 break
