@@ -92,11 +92,15 @@ def zeropod_container_deleted(container: ContainerInfo) -> None:
 @hookimpl
 def zeropod_stopping_asleep(container: ContainerInfo) -> None:
     """A sleeping migrating container's image goes to the manager (source side), before the
-    checkpointer discards it."""
+    checkpointer discards it; only where a manager serves the node API (the migration
+    controller), which publishes the image and removes it again."""
     migrate_data = _migrating.get(container.id)
     if migrate_data is None or container.id not in _asleep:
         return
     _asleep.discard(container.id)
+    if not os.path.exists(_manager_socket):
+        # no migration controller on this node: nobody would publish or remove the image
+        return
     upper = upper_dir(Path(container.bundle) / "rootfs") if migrate_data else None
     try:
         folder = hand_over(_image_root, container.id, container.container_name,
