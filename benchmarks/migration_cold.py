@@ -42,6 +42,7 @@ def one_round(lab: MigrationLab, mib: int) -> dict[str, float]:
     old_id = pod["status"]["containerStatuses"][0]["containerID"].rpartition("://")[2]
     image = _image_bytes(lab.source.image_root / old_id / "snapshot")
     began = time.monotonic()
+    lab.towards_target()
     lab.cluster.kubectl("delete", "pod", old, "--wait=false")
     new = lab.wait_new_pod(app, exclude=[old], timeout=180)
     ready = time.monotonic() - began

@@ -79,6 +79,7 @@ def test_a_sleeping_deployment_pod_moves_with_its_memory_and_files(lab: Migratio
     old_id = pod["status"]["containerStatuses"][0]["containerID"].rpartition("://")[2]
 
     deleted = time.monotonic()
+    lab.towards_target()
     lab.cluster.kubectl("delete", "pod", old, "--wait=false")
     new = lab.wait_new_pod(app, exclude=[old])
     name, ip = new["metadata"]["name"], new["status"]["podIP"]
@@ -117,6 +118,7 @@ def test_a_running_container_fails_its_migration_at_once(lab: MigrationLab) -> N
     old, ip = pod["metadata"]["name"], pod["status"]["podIP"]
     _get(ip)
     assert lab.source.phase(old) == "RUNNING"
+    lab.towards_target()
     lab.cluster.kubectl("delete", "pod", old, "--wait=false")
     migration = wait_for("the Migration", lambda: lab.migration(old), 30, 0.1)
     phase = wait_for("its phase", lambda: migration_phase(lab.migration(old)), 10, 0.1)

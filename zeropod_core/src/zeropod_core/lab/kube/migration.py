@@ -29,6 +29,7 @@ from ..manager import LabManager
 from ..manifests import DEPLOY
 from .accounts import service_account_kubeconfig
 from .cluster import KubeCluster
+from .node import KubeNode
 from .runtimes import zeropod_runtime
 from .workloads import counter_container
 
@@ -67,9 +68,28 @@ class MigrationLab:
     folder: Path
     deployments: list[str] = field(default_factory=list)
 
+    @property
+    def two_nodes(self) -> bool:
+        return self.source.name != self.target.name
+
+    def cordon(self, node: str, on: bool = True) -> None:
+        self.cluster.kubectl("cordon" if on else "uncordon", node)
+
+    def towards_target(self) -> None:
+        """Before deleting the source pod: its replacement can only land on the target."""
+        if self.two_nodes:
+            self.cordon(self.target.name, False)
+            self.cordon(self.source.name)
+
     def deployment(self, *, scaledown: str = "2s", alloc_mib: int = 32,
                    extra_annotations: dict[str, str] | None = None) -> str:
-        """A one-replica Deployment of the counter app that migrates its container."""
+        """A one-replica Deployment of the counter app that migrates its container; its pod
+        lands on the source node (with two nodes the target is cordoned until
+        :meth:`towards_target`; the template pins no node, or the replacement would have the
+        same pin)."""
+        if self.two_nodes:
+            self.cordon(self.source.name, False)
+            self.cordon(self.target.name)
         name = f"mig-{secrets.token_hex(3)}"
         annotations = {"zeropod.ctrox.dev/scaledown-duration": scaledown,
                        "zeropod.ctrox.dev/migrate": "app", **(extra_annotations or {})}
@@ -81,7 +101,6 @@ class MigrationLab:
                          "metadata": {"labels": {"app": name}, "annotations": annotations},
                          "spec": {"runtimeClassName": "zeropod",
                                   "terminationGracePeriodSeconds": 3,
-                                  "nodeSelector": {"kubernetes.io/hostname": self.source.name},
                                   "containers": [counter_container(env=[
                                       {"name": "APP_ALLOC_MIB", "value": str(alloc_mib)}])]}}}}
         self.cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
@@ -140,9 +159,11 @@ def migration_phase(migration: dict[str, Any] | None, container: str = "app") ->
 
 
 def start_manager(cluster: KubeCluster, folder: Path, kubeconfig: Path,
-                  extra_env: dict[str, str] | None = None) -> MigrationNode:
-    """The node's manager with the migration controller, as the node's service account."""
-    node = cluster.node
+                  extra_env: dict[str, str] | None = None,
+                  node: KubeNode | None = None) -> MigrationNode:
+    """The node's manager with the migration controller, as the node's service account
+    (``node``: one of the cluster's nodes, default its first)."""
+    node = node or cluster.node
     env = shim_env(node.containerd_base)
     folder.mkdir(parents=True, exist_ok=True)
     manager = LabManager.start(Path(env["ZEROPOD_SOCKET_DIR"]), folder, env={
