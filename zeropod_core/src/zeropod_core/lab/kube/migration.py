@@ -179,34 +179,52 @@ def start_manager(cluster: KubeCluster, folder: Path, kubeconfig: Path,
 
 
 @contextmanager
-def migration_lab(manager_env: dict[str, str] | None = None) -> Iterator[MigrationLab]:
-    """A single-node lab cluster ready for migrations (source and target are its node)."""
+def migration_lab(manager_env: dict[str, str] | None = None, *,
+                  cluster: KubeCluster | None = None,
+                  nodes: Sequence[KubeNode] = ()) -> Iterator[MigrationLab]:
+    """A lab cluster ready for migrations: the CRD, the RBAC, a manager per node.
+
+    :param cluster: a running cluster with the ``zeropod`` runtime and RuntimeClass (it is
+        left running); default: a new single-node cluster, stopped at the end.
+    :param nodes: the source and the target node (one node: both ends are it); default the
+        cluster's first node.
+    """
     folder = Path(tempfile.mkdtemp(prefix="zeropod-miglab-"))
-    shim = Path(sys.executable).with_name(SHIM_BINARY)
-    cluster = KubeCluster.start(runtimes=[zeropod_runtime(shim)],
-                                app_images=[images.counter_app_spec()])
-    manager = None
+    own = cluster is None
+    if cluster is None:
+        shim = Path(sys.executable).with_name(SHIM_BINARY)
+        cluster = KubeCluster.start(runtimes=[zeropod_runtime(shim)],
+                                    app_images=[images.counter_app_spec()])
+    pair = list(nodes) or [cluster.node]
+    started: list[MigrationNode] = []
     try:
-        cluster.create_runtime_class("zeropod")
+        if own:
+            cluster.create_runtime_class("zeropod")
         cluster.kubectl("apply", "-f", str(CRD))
         for file in RBAC:
             cluster.kubectl("apply", "-f", str(file))
         wait_for("the Migration CRD", lambda: cluster.api().get_or_none(MIGRATIONS), 30, 0.2)
-        node = start_manager(cluster, folder / "manager",
-                             service_account_kubeconfig(cluster, folder), manager_env)
-        manager = node.manager
-        lab = MigrationLab(cluster, node, node, folder)
+        kubeconfig = service_account_kubeconfig(cluster, folder)
+        for number, node in enumerate({n.name: n for n in pair}.values()):  # one per node
+            started.append(start_manager(cluster, folder / f"manager-{number}", kubeconfig,
+                                         manager_env, node=node))
+        lab = MigrationLab(cluster, started[0], started[-1], folder)
         try:
             yield lab
         finally:
             lab.delete_deployments()
+            if lab.two_nodes:
+                for node in pair:
+                    cluster.kubectl("uncordon", node.name, check=False)
     finally:
-        if manager is not None:
-            manager.stop()
-        if os.environ.get("ZEROPOD_KEEP_LAB"):  # the node's logs, for a look afterwards
-            for log in ("containerd.log", "kubelet.log"):
-                with contextlib.suppress(OSError):
-                    shutil.copy(cluster.node.base / log, folder / log)
-        cluster.stop()
+        for running in started:
+            running.manager.stop()
+        if os.environ.get("ZEROPOD_KEEP_LAB"):  # the nodes' logs, for a look afterwards
+            for node in pair:
+                for log in ("containerd.log", "kubelet.log"):
+                    with contextlib.suppress(OSError):
+                        shutil.copy(node.base / log, folder / f"{node.name}-{log}")
+        if own:
+            cluster.stop()
         if not os.environ.get("ZEROPOD_KEEP_LAB"):
             shutil.rmtree(folder, ignore_errors=True)
