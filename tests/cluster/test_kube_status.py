@@ -10,7 +10,6 @@ follows is ``Invalid``, logged once per pod; labels and events work for real.
 
 from __future__ import annotations
 
-import base64
 import json
 import secrets
 import time
@@ -24,6 +23,7 @@ from zeropod_core.lab import images
 from zeropod_core.lab.containerd import shim_env
 from zeropod_core.lab.http import http_get, wait_for_http
 from zeropod_core.lab.kube import KubeCluster
+from zeropod_core.lab.kube.accounts import service_account_kubeconfig
 from zeropod_core.lab.manager import LabManager
 
 pytestmark = pytest.mark.cluster
@@ -39,40 +39,13 @@ def _apply(cluster: KubeCluster, *files: Path) -> None:
         cluster.kubectl("apply", "-f", str(file))
 
 
-def _service_account_kubeconfig(cluster: KubeCluster, folder: Path) -> Path:
-    """A kubeconfig with the token of zeropod-system/zeropod-node (1.20: a token secret)."""
-    api = cluster.api()
-
-    def token() -> str | None:
-        account = api.get_or_none("/api/v1/namespaces/zeropod-system/serviceaccounts/"
-                                  "zeropod-node") or {}
-        for ref in account.get("secrets", []):
-            secret = api.get(f"/api/v1/namespaces/zeropod-system/secrets/{ref['name']}")
-            if secret.get("type") == "kubernetes.io/service-account-token":
-                return base64.b64decode(secret["data"]["token"]).decode()
-        return None
-    deadline = time.monotonic() + 30
-    while (value := token()) is None:
-        assert time.monotonic() < deadline, "no token for the manager's service account"
-        time.sleep(0.2)
-    path = folder / "zeropod-node.kubeconfig"
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "lab",
-        "clusters": [{"name": "lab", "cluster": {
-            "server": cluster.plane.server,
-            "certificate-authority": str(cluster.pki.ca.cert)}}],
-        "users": [{"name": "zeropod-node", "user": {"token": value}}],
-        "contexts": [{"name": "lab", "context": {"cluster": "lab", "user": "zeropod-node"}}]}))
-    return path
-
-
 @pytest.fixture(scope="module")
 def manager(kube_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[LabManager]:
     folder = tmp_path_factory.mktemp("kube-status")
     _apply(kube_cluster, DEPLOY / "namespace.yaml", DEPLOY / "rbac.yaml",
            DEPLOY / "rbac-kube-status.yaml")
-    kubeconfig = _service_account_kubeconfig(kube_cluster, folder)
+    kubeconfig = service_account_kubeconfig(kube_cluster, folder)
     socket_dir = Path(shim_env(kube_cluster.node.containerd_base)["ZEROPOD_SOCKET_DIR"])
     running = LabManager.start(socket_dir, folder, env={
         "ZEROPOD_KUBECONFIG": str(kubeconfig), "NODE_NAME": kube_cluster.node.name,

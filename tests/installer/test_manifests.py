@@ -36,10 +36,13 @@ def _container(objects: list[dict[str, Any]], name: str) -> dict[str, Any]:
 def test_every_object_is_valid(overlay: str) -> None:
     objects = manifests.render(overlay)
     assert sorted((o["kind"], o["metadata"]["name"]) for o in objects) == [
-        ("ClusterRole", "zeropod:event-creator"), ("ClusterRole", "zeropod:pod-reader"),
-        ("ClusterRole", "zeropod:pod-updater"), ("ClusterRoleBinding", "zeropod:event-creator"),
+        ("ClusterRole", "zeropod:event-creator"), ("ClusterRole", "zeropod:migration-manager"),
+        ("ClusterRole", "zeropod:pod-reader"), ("ClusterRole", "zeropod:pod-updater"),
+        ("ClusterRoleBinding", "zeropod:event-creator"),
+        ("ClusterRoleBinding", "zeropod:migration-manager"),
         ("ClusterRoleBinding", "zeropod:pod-reader"), ("ClusterRoleBinding", "zeropod:pod-updater"),
         ("DaemonSet", "zeropod-node"), ("Namespace", NAMESPACE),
+        ("Role", "zeropod:secret-creator"), ("RoleBinding", "zeropod:secret-creator"),
         ("RuntimeClass", "zeropod"), ("ServiceAccount", "zeropod-node")]
     for obj in objects:
         manifests.validate(obj)
@@ -121,6 +124,29 @@ def test_rbac_of_labels_events_and_resize_is_exactly_what_they_call() -> None:
                                 "verbs": ["create"]}]
     for name in ("zeropod:pod-updater", "zeropod:event-creator"):
         binding = manifests.find(objects, "ClusterRoleBinding", name)
+        assert binding["roleRef"]["name"] == name
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "zeropod-node",
+                                        "namespace": NAMESPACE}]
+
+
+def test_rbac_of_migration_is_exactly_what_the_controller_calls() -> None:
+    """Migration objects (the source creates, watches and un-finalizes them; the target
+    lists, claims and writes phases), and the CA Secret in zeropod-system (read, created by
+    the first manager); pods are read through zeropod:pod-reader."""
+    objects = manifests.render()
+    role = manifests.find(objects, "ClusterRole", "zeropod:migration-manager")
+    assert role["rules"] == [
+        {"apiGroups": ["runtime.zeropod.ctrox.dev"], "resources": ["migrations"],
+         "verbs": ["get", "list", "watch", "create", "update"]},
+        {"apiGroups": ["runtime.zeropod.ctrox.dev"], "resources": ["migrations/status"],
+         "verbs": ["get", "update"]}]
+    secrets = manifests.find(objects, "Role", "zeropod:secret-creator")
+    assert secrets["metadata"]["namespace"] == NAMESPACE
+    assert secrets["rules"] == [{"apiGroups": [""], "resources": ["secrets"],
+                                 "verbs": ["get", "create"]}]
+    for kind, name in (("ClusterRoleBinding", "zeropod:migration-manager"),
+                       ("RoleBinding", "zeropod:secret-creator")):
+        binding = manifests.find(objects, kind, name)
         assert binding["roleRef"]["name"] == name
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "zeropod-node",
                                         "namespace": NAMESPACE}]

@@ -173,3 +173,20 @@ def parse_positive_int(text: str) -> int:
     if value <= 0:
         raise ValueError("must be a positive number")
     return value
+
+
+DEFAULT_SOCKET_DIR = "/run/zeropod/s"
+
+
+def manager_socket_path(env: Mapping[str, str]) -> str:
+    """The manager's node API socket, where shims ask it for node-wide work (migrations).
+
+    ``ZEROPOD_MANAGER_SOCKET``, else ``manager.sock`` next to the shims' socket folder
+    (``ZEROPOD_SOCKET_DIR``, default ``/run/zeropod/s`` -> ``/run/zeropod/manager.sock``): the
+    shims inherit the same settings as the manager, so both ends find it without a flag.
+    """
+    explicit = env.get("ZEROPOD_MANAGER_SOCKET", "").strip()
+    if explicit:
+        return explicit
+    folder = (env.get("ZEROPOD_SOCKET_DIR", "").strip() or DEFAULT_SOCKET_DIR).rstrip("/")
+    return f"{folder.rpartition('/')[0] or '/'}/manager.sock".replace("//", "/")

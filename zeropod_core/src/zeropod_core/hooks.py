@@ -76,6 +76,9 @@ class ShimHooks:
     def after_checkpoint(self, container: ContainerInfo, outcome: Outcome) -> None:
         self._notify("zeropod_after_checkpoint", container=container, outcome=outcome)
 
+    def stopping_asleep(self, container: ContainerInfo) -> None:
+        self._notify("zeropod_stopping_asleep", container=container)
+
     def before_restore(self, container: ContainerInfo, trigger: Trigger) -> None:
         self._notify("zeropod_before_restore", container=container, trigger=trigger)
 

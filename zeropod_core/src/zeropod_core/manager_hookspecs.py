@@ -19,7 +19,13 @@ from . import PROJECT_NAME
 if TYPE_CHECKING:
     from .manager.kube import KubeApi
     from .model import ContainerInfo, ContainerStatus
-    from .providers import CollectorRegistryLike, MigrationService, NodeView, PodResizer
+    from .providers import (
+        CollectorRegistryLike,
+        MigrationController,
+        MigrationService,
+        NodeView,
+        PodResizer,
+    )
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
@@ -133,8 +139,31 @@ def zeropod_node_housekeeping(node: NodeView) -> None:
 
 
 @hookspec(firstresult=True)
-def zeropod_make_migration_service(settings: Mapping[str, str]) -> MigrationService | None:
+def zeropod_make_migration_service(settings: Mapping[str, str],
+                                   kube: KubeApi | None) -> MigrationService | None:
     """Return the node-to-node migration endpoint, or None when migration is not installed.
 
+    Called once at start (before the event loop runs: blocking calls are fine).
+
+    :param settings: the manager's settings.
+    :param kube: the Kubernetes API when ``--migration-controller`` is on (the cluster CA of
+        the endpoint's certificates is then kept in a Secret), else None.
+    """
+
+
+@hookspec(firstresult=True)
+def zeropod_make_migration_controller(kube: KubeApi, node: NodeView,
+                                      service: MigrationService | None,
+                                      settings: Mapping[str, str]
+                                      ) -> MigrationController | None:
+    """Return the Kubernetes-driven migration controller (``--migration-controller``).
+
+    The manager runs its :meth:`~zeropod_core.providers.MigrationController.run` and passes
+    it the shims' requests that arrive on the manager's node API socket
+    (``POST /v1/migration``).
+
+    :param kube: the Kubernetes API (blocking calls: make them from worker threads).
+    :param node: the manager's live view of the node's containers.
+    :param service: the node's image service (None when it could not start).
     :param settings: the manager's settings.
     """

@@ -263,6 +263,28 @@ class MigrationService(Protocol):
 
 
 @runtime_checkable
+class MigrationController(Protocol):
+    """The manager's Kubernetes side of migrations (``Migration`` objects, hand-overs, claims).
+
+    Provided by ``zeropod-migration`` when the manager runs with ``--migration-controller``.
+    """
+
+    async def run(self) -> None:
+        """Watch and act until cancelled (the manager logs it if it ends early)."""
+        ...
+
+    async def node_api(self, request: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Answer a shim's request on the manager's node API socket (JSON in, JSON out).
+
+        Raise :class:`ValueError` for a malformed request (the shim gets a 400)."""
+        ...
+
+    def health(self) -> Mapping[str, Any]:
+        """What ``/healthz`` shows under ``migration``."""
+        ...
+
+
+@runtime_checkable
 class PodResizer(Protocol):
     """Shrinks the requests of a sleeping container's pod in place and restores them on wake
     (the scheduler can use what a sleeping pod does not). Provided by ``zeropod-resize``."""

@@ -215,6 +215,17 @@ def zeropod_after_checkpoint(container: ContainerInfo, outcome: Outcome) -> None
 
 
 @hookspec
+def zeropod_stopping_asleep(container: ContainerInfo) -> None:
+    """The container is being stopped (``Kill``) while scaled down; right after this its
+    checkpoint image is discarded. A plugin may take the image away first (the migration
+    plugin hands it over to the node's manager so that the pod's replacement can start
+    from it).
+
+    :param container: the container.
+    """
+
+
+@hookspec
 def zeropod_before_restore(container: ContainerInfo, trigger: Trigger) -> None:
     """The container is about to be restored.
 

@@ -28,6 +28,7 @@ import grpc
 from ._pb import transfer_pb2 as pb
 from ._pb import transfer_pb2_grpc as pb_grpc
 from .annotations import UPPER, SourceInfo
+from .handover import handover_root
 from .imagefs import COMPRESSION_MODES, ImageReceiver, ImageSender, TransferError
 from .tls import NodeCredentials
 
@@ -67,17 +68,22 @@ def _extras(image_dir: Path) -> dict[str, Path]:
 
 
 class ImageTransferServicer(pb_grpc.ImageTransferServicer):
-    """Serves the images below ``image_root``; ``chunks`` makes the stream (tests swap it)."""
+    """Serves the images handed over by the node's shims (:mod:`.handover`) and those below
+    ``image_root``; ``chunks`` makes the stream (tests swap it)."""
 
     def __init__(self, image_root: Path, chunks: ChunkSource = _send_chunks) -> None:
         self.image_root, self._chunks = image_root, chunks
+        self.roots = (handover_root(image_root), image_root)
 
     async def PullImage(self, request: Any,
                         context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         try:
-            folder = self.image_root / check_image_id(request.image_id) / IMAGE_SUBDIR
+            image_id = check_image_id(request.image_id)
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        folder = next((root / image_id / IMAGE_SUBDIR for root in self.roots
+                       if (root / image_id / IMAGE_SUBDIR).is_dir()),
+                      self.image_root / image_id / IMAGE_SUBDIR)
         compression = request.compression or "auto"
         if compression not in COMPRESSION_MODES:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,

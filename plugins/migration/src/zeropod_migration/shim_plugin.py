@@ -3,10 +3,14 @@ and zeropod_core only — the shim never imports gRPC, TLS or compression code.
 
 * Source node: after each checkpoint of a container listed in ``zeropod.ctrox.dev/migrate``,
   record where its overlay upper dir is (``source.json``), so the manager's image service can
-  stream the container's files with its image.
-* Target node: :class:`IncomingMigrator` tells the core at ``Create`` that the container
-  starts asleep from an image the manager pulled (``snapshot/zeropod-migration.json``), and
-  puts the files that travelled (``snapshot/upper``) into the new rootfs's upper dir.
+  stream the container's files with its image. When such a container is deleted while it
+  sleeps, hand its image (and files) over to the manager instead of letting them go
+  (:mod:`.handover`).
+* Target node: :class:`IncomingMigrator` asks the node's manager at ``Create`` (its node API
+  socket, :mod:`.nodeapi`) to find, claim and fetch the pod's migration; then tells the core
+  that the container starts asleep from the image the manager put in place
+  (``snapshot/zeropod-migration.json``), and puts the files that travelled
+  (``snapshot/upper``) into the new rootfs's upper dir.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from zeropod_core import hookimpl
-from zeropod_core.config import parse_bool, parse_names
+from zeropod_core.config import manager_socket_path, parse_bool, parse_names
 from zeropod_core.model import ContainerInfo, Outcome
 from zeropod_core.providers import IncomingImage
 
@@ -33,13 +37,18 @@ from .annotations import (
     SourceInfo,
     wants_migration,
 )
+from .handover import hand_over
+from .nodeapi import ask_manager
 from .overlay import move_into, upper_dir
 
 log = logging.getLogger("zeropod.migration.shim")
 
 _image_root = Path(os.environ.get("ZEROPOD_IMAGE_ROOT") or "/var/lib/zeropod/i")
+_manager_socket = manager_socket_path(os.environ)
 # container id -> whether its files travel (only containers listed in the migrate annotation)
 _migrating: dict[str, bool] = {}
+# containers of _migrating that sleep with a complete image (checkpointed, not woken since)
+_asleep: set[str] = set()
 
 
 def _names(container: ContainerInfo) -> tuple[str, ...]:
@@ -61,10 +70,11 @@ def zeropod_register_annotations(
 
 @hookimpl
 def zeropod_configure(settings: Mapping[str, str]) -> None:
-    global _image_root
+    global _image_root, _manager_socket
     root = settings.get("ZEROPOD_IMAGE_ROOT", "").strip()
     if root and os.path.isabs(root):
         _image_root = Path(root)
+    _manager_socket = manager_socket_path(settings)
 
 
 @hookimpl
@@ -76,6 +86,37 @@ def zeropod_container_created(container: ContainerInfo, config: Mapping[str, obj
 @hookimpl
 def zeropod_container_deleted(container: ContainerInfo) -> None:
     _migrating.pop(container.id, None)
+    _asleep.discard(container.id)
+
+
+@hookimpl
+def zeropod_stopping_asleep(container: ContainerInfo) -> None:
+    """A sleeping migrating container's image goes to the manager (source side), before the
+    checkpointer discards it; only where a manager serves the node API (the migration
+    controller), which publishes the image and removes it again."""
+    migrate_data = _migrating.get(container.id)
+    if migrate_data is None or container.id not in _asleep:
+        return
+    _asleep.discard(container.id)
+    if not os.path.exists(_manager_socket):
+        # no migration controller on this node: nobody would publish or remove the image
+        return
+    upper = upper_dir(Path(container.bundle) / "rootfs") if migrate_data else None
+    try:
+        folder = hand_over(_image_root, container.id, container.container_name,
+                           container.pod_name, container.pod_namespace, upper)
+    except OSError as exc:
+        log.error("handing the image over to the manager failed; it goes with the container",
+                  extra={"container": container.id, "error": str(exc)})
+        return
+    if folder is not None:
+        log.info("image handed over to the manager", extra={
+            "container": container.id, "folder": str(folder), "files": upper is not None})
+
+
+@hookimpl
+def zeropod_before_restore(container: ContainerInfo) -> None:
+    _asleep.discard(container.id)
 
 
 @hookimpl
@@ -91,17 +132,32 @@ def zeropod_after_checkpoint(container: ContainerInfo, outcome: Outcome) -> None
     if base.is_dir():
         SourceInfo(upper_dir=str(upper or ""),
                    migrate_data=_migrating[container.id] and upper is not None).save(base)
+        _asleep.add(container.id)
 
 
 class IncomingMigrator:
     """Answers the core's "does this container arrive asleep from another node?"."""
 
-    def __init__(self, container: ContainerInfo, image_root: Path) -> None:
+    def __init__(self, container: ContainerInfo, image_root: Path,
+                 manager_socket: str = "") -> None:
         self.container = container
         self.snapshot = image_root / container.id / "snapshot"
+        self.manager_socket = manager_socket
 
     async def incoming(self) -> IncomingImage | None:
-        return await asyncio.to_thread(self._incoming)
+        info = self.container
+        if (self.manager_socket and info.pod_name
+                and not (self.snapshot / INCOMING_FILE).exists()):
+            # the manager finds and claims the pod's Migration and puts the image in place
+            answer = await ask_manager(self.manager_socket, {
+                "container_id": info.id, "container_name": info.container_name,
+                "pod_name": info.pod_name, "pod_namespace": info.pod_namespace})
+            log.info("the manager's answer about an incoming migration",
+                     extra={"container": info.id, **answer})
+        image = await asyncio.to_thread(self._incoming)
+        if image is not None:
+            _asleep.add(info.id)
+        return image
 
     def _incoming(self) -> IncomingImage | None:
         info = IncomingInfo.load(self.snapshot)
@@ -133,4 +189,4 @@ def zeropod_make_migrator(container: ContainerInfo,
     """A migrator for containers listed in ``zeropod.ctrox.dev/migrate``."""
     if container.sandbox or not wants_migration(config.get(MIGRATE), _names(container)):
         return None
-    return IncomingMigrator(container, _image_root)
+    return IncomingMigrator(container, _image_root, _manager_socket)

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -23,8 +23,12 @@ from zeropod_core.config import switch_setting
 log = logging.getLogger("zeropod.manager.kube")
 
 REQUEST_TIMEOUT_S = 5.0
-STATUS_LABELS, STATUS_EVENTS, IN_PLACE_SCALING = (
-    "ZEROPOD_STATUS_LABELS", "ZEROPOD_STATUS_EVENTS", "ZEROPOD_IN_PLACE_SCALING")
+STATUS_LABELS, STATUS_EVENTS, IN_PLACE_SCALING, MIGRATION = (
+    "ZEROPOD_STATUS_LABELS", "ZEROPOD_STATUS_EVENTS", "ZEROPOD_IN_PLACE_SCALING",
+    "ZEROPOD_MIGRATION_CONTROLLER")
+# A watch asks the server to end it after this long (it is then started again), so a worker
+# thread blocked in it returns in bounded time.
+WATCH_TIMEOUT_S = 20
 
 
 class KubeUnavailable(RuntimeError):
@@ -68,6 +72,7 @@ class KubeSettings:
     status_labels: bool = False
     status_events: bool = False
     in_place_scaling: bool = False
+    migration: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> KubeSettings:
@@ -76,18 +81,21 @@ class KubeSettings:
                    node_name=env.get("NODE_NAME", ""),
                    status_labels=switch_setting(env, STATUS_LABELS, False),
                    status_events=switch_setting(env, STATUS_EVENTS, False),
-                   in_place_scaling=switch_setting(env, IN_PLACE_SCALING, False))
+                   in_place_scaling=switch_setting(env, IN_PLACE_SCALING, False),
+                   migration=switch_setting(env, MIGRATION, False))
 
     @property
     def wanted(self) -> bool:
         """Whether any switch needs the API."""
-        return self.status_labels or self.status_events or self.in_place_scaling
+        return (self.status_labels or self.status_events or self.in_place_scaling
+                or self.migration)
 
     def as_settings(self) -> dict[str, str]:
         """The switches as ``ZEROPOD_*`` settings for ``zeropod_manager_configure``."""
         return {STATUS_LABELS: str(self.status_labels).lower(),
                 STATUS_EVENTS: str(self.status_events).lower(),
-                IN_PLACE_SCALING: str(self.in_place_scaling).lower()}
+                IN_PLACE_SCALING: str(self.in_place_scaling).lower(),
+                MIGRATION: str(self.migration).lower()}
 
 
 def _error(exc: Exception) -> KubeError:
@@ -127,6 +135,7 @@ class KubeApi:
         from kubernetes import client
 
         self._core = client.CoreV1Api(api_client)
+        self._custom = client.CustomObjectsApi(api_client)
         self._version = client.VersionApi(api_client)
 
     @classmethod
@@ -192,6 +201,89 @@ class KubeApi:
     def create_event(self, namespace: str, event: Mapping[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self._call(self._core.create_namespaced_event, namespace,
                                             body=dict(event))
+        return result
+
+    def list_pods(self, *, field_selector: str = "") -> dict[str, Any]:
+        """Pods of every namespace (a ``PodList``), e.g. ``spec.nodeName=<node>``."""
+        result: dict[str, Any] = self._call(self._core.list_pod_for_all_namespaces,
+                                            field_selector=field_selector)
+        return result
+
+    def watch_pods(self, resource_version: str, *,
+                   field_selector: str = "") -> Iterator[dict[str, Any]]:
+        """Pod watch events (``{"type", "object"}``) after ``resource_version``; blocks, so
+        iterate it in a worker thread. Ends after :data:`WATCH_TIMEOUT_S`; raises
+        :class:`KubeError` (status 410 ``Expired``: list again)."""
+        return self._watch(self._core.list_pod_for_all_namespaces, resource_version,
+                           field_selector=field_selector)
+
+    def _watch(self, method: Any, resource_version: str, *args: Any,
+               **kwargs: Any) -> Iterator[dict[str, Any]]:
+        from kubernetes import watch
+
+        try:
+            for event in watch.Watch().stream(  # type: ignore[no-untyped-call]
+                    method, *args, resource_version=resource_version,
+                    timeout_seconds=WATCH_TIMEOUT_S, _request_timeout=WATCH_TIMEOUT_S + 10,
+                    allow_watch_bookmarks=False, **kwargs):
+                kind, obj = event.get("type"), event.get("raw_object") or {}
+                if kind == "ERROR":
+                    raise KubeError(int(obj.get("code") or 500), str(obj.get("reason", "")),
+                                    str(obj.get("message", "")))
+                yield {"type": kind, "object": obj}
+        except KubeError:
+            raise
+        except Exception as exc:
+            raise _error(exc) from exc
+
+    # custom objects (the migration plugin's Migration resource), cluster-wide lists
+
+    def list_custom(self, group: str, version: str, plural: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(self._custom.list_cluster_custom_object, group,
+                                            version, plural)
+        return result
+
+    def watch_custom(self, group: str, version: str, plural: str,
+                     resource_version: str) -> Iterator[dict[str, Any]]:
+        """Watch events of a custom resource in every namespace (see :meth:`watch_pods`)."""
+        return self._watch(self._custom.list_cluster_custom_object, resource_version, group,
+                           version, plural)
+
+    def get_custom(self, group: str, version: str, plural: str, namespace: str,
+                   name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(self._custom.get_namespaced_custom_object, group,
+                                            version, namespace, plural, name)
+        return result
+
+    def create_custom(self, group: str, version: str, plural: str,
+                      body: Mapping[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(self._custom.create_namespaced_custom_object,
+                                            group, version, body["metadata"]["namespace"],
+                                            plural, dict(body))
+        return result
+
+    def replace_custom(self, group: str, version: str, plural: str,
+                       body: Mapping[str, Any], *, status: bool = False) -> dict[str, Any]:
+        """PUT the object (or its ``status`` subresource); a conflict on a stale version."""
+        meta = body["metadata"]
+        method = (self._custom.replace_namespaced_custom_object_status if status
+                  else self._custom.replace_namespaced_custom_object)
+        result: dict[str, Any] = self._call(method, group, version, meta["namespace"], plural,
+                                            meta["name"], dict(body))
+        return result
+
+    def delete_custom(self, group: str, version: str, plural: str, namespace: str,
+                      name: str) -> None:
+        self._call(self._custom.delete_namespaced_custom_object, group, version, namespace,
+                   plural, name)
+
+    def get_secret(self, namespace: str, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(self._core.read_namespaced_secret, name, namespace)
+        return result
+
+    def create_secret(self, namespace: str, secret: Mapping[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(self._core.create_namespaced_secret, namespace,
+                                            body=dict(secret))
         return result
 
     def check(self) -> dict[str, Any]:

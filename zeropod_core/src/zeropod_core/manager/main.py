@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -20,10 +21,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from zeropod_core import logs
-from zeropod_core.config import parse_switch
+from zeropod_core.config import manager_socket_path, parse_switch
 from zeropod_core.model import ContainerStatus, ManagedContainer, RoleName
 from zeropod_core.plugins import ZeropodPluginManager, make_plugin_manager
-from zeropod_core.providers import MigrationService
+from zeropod_core.providers import MigrationController, MigrationService
 
 from .capabilities import core_capabilities
 from .http import HttpServer, json_body
@@ -51,7 +52,8 @@ class Manager:
 
     def __init__(self, socket_dir: str, pm: ZeropodPluginManager,
                  housekeeping_s: float = HOUSEKEEPING_INTERVAL_S,
-                 kube_settings: KubeSettings | None = None) -> None:
+                 kube_settings: KubeSettings | None = None,
+                 node_api_socket: str = "") -> None:
         self.pm = pm
         self.housekeeping_s = housekeeping_s
         self.kube_settings = kube_settings or KubeSettings()
@@ -63,8 +65,13 @@ class Manager:
         self.capabilities: dict[str, Any] = {}
         self.registry: Any = None
         self.migration: MigrationService | None = None
+        self.controller: MigrationController | None = None
         self.http = HttpServer({"/metrics": self._metrics, "/healthz": self._healthz,
                                 "/status": self._status})
+        # the shims' way to the manager (a unix socket): only served for the controller
+        self.node_api_socket = node_api_socket or manager_socket_path(
+            {"ZEROPOD_SOCKET_DIR": socket_dir})
+        self.node_api = HttpServer({}, {"/v1/migration": self._migration_request})
 
     def _status_changed(self, record: ManagedContainer, status: ContainerStatus) -> None:
         for impl in reversed(self.pm.hook.zeropod_handle_status.get_hookimpls()):
@@ -87,8 +94,8 @@ class Manager:
             self.kube = KubeApi.connect(settings)
         except KubeUnavailable as exc:
             self.kube_problem = str(exc)
-            log.error("no Kubernetes access: status labels, events and in-place scaling are "
-                      "off", extra={"reason": self.kube_problem})
+            log.error("no Kubernetes access: status labels, events, in-place scaling and the "
+                      "migration controller are off", extra={"reason": self.kube_problem})
             return
         resizer = None
         if settings.in_place_scaling:
@@ -97,7 +104,8 @@ class Manager:
                 self.kube_problem = "in-place scaling is on but no plugin provides a resizer " \
                                     "(install zeropod-resize)"
                 log.error(self.kube_problem)
-        self.pods = PodUpdater(self.kube, self.pm, resizer)
+        if settings.status_labels or settings.status_events or settings.in_place_scaling:
+            self.pods = PodUpdater(self.kube, self.pm, resizer)
         log.info("Kubernetes access", extra={"server": self.kube.server,
                                              "node": self.kube.node_name,
                                              **asdict(settings)})
@@ -115,8 +123,19 @@ class Manager:
         settings = {k: v for k, v in os.environ.items() if k.startswith("ZEROPOD_")}
         settings.update(self.kube_settings.as_settings())
         self.pm.hook.zeropod_manager_configure.call_historic(kwargs={"settings": settings})
+        self._connect_kube()
+        migration_kube = self.kube if self.kube_settings.migration else None
         # before the capabilities: the plugin reports there whether its service can run
-        self.migration = self.pm.hook.zeropod_make_migration_service(settings=settings)
+        self.migration = self.pm.hook.zeropod_make_migration_service(settings=settings,
+                                                                     kube=migration_kube)
+        if migration_kube is not None:
+            self.controller = self.pm.hook.zeropod_make_migration_controller(
+                kube=migration_kube, node=self.node, service=self.migration,
+                settings=settings)
+            if self.controller is None:
+                self.kube_problem = "the migration controller is on but no plugin provides " \
+                                    "one (install zeropod-migration)"
+                log.error(self.kube_problem)
         self.capabilities = core_capabilities()
         for result in self.pm.hook.zeropod_node_capabilities():
             self.capabilities.update(result)
@@ -129,7 +148,6 @@ class Manager:
             self.registry = CollectorRegistry(auto_describe=False)
             self.pm.hook.zeropod_register_collectors(registry=self.registry, node=self.node)
         log.info("node capabilities", extra={"capabilities": self.capabilities})
-        self._connect_kube()
 
     async def _metrics(self) -> tuple[int, str, bytes]:
         await self.node.refresh()
@@ -140,9 +158,24 @@ class Manager:
         return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
 
     async def _healthz(self) -> tuple[int, str, bytes]:
+        migration = ({"controller": False} if self.controller is None
+                     else {"controller": True, "node_api": self.node_api_socket,
+                           **self.controller.health()})
         return json_body({"ok": True, "uptime_s": round(time.time() - self.started, 1),
                           "shims": len(self.node.links), "capabilities": self.capabilities,
-                          "kubernetes": await self.kube_health()})
+                          "kubernetes": await self.kube_health(), "migration": migration})
+
+    async def _migration_request(self, body: bytes) -> tuple[int, str, bytes]:
+        """A shim's request on the node API socket, answered by the migration controller."""
+        assert self.controller is not None  # the socket is only served with a controller
+        try:
+            request = json.loads(body)
+            if not isinstance(request, dict):
+                raise ValueError("the request must be a JSON object")
+            answer = await self.controller.node_api(request)
+        except ValueError as exc:
+            return 400, "text/plain", f"bad request: {exc}\n".encode()
+        return json_body(dict(answer))
 
     async def _status(self) -> tuple[int, str, bytes]:
         await self.node.refresh()
@@ -181,24 +214,36 @@ class Manager:
         if self.migration is not None:
             migration = loop.create_task(self.migration.serve(), name="migration-service")
             migration.add_done_callback(_log_service_end)
+        controller = None
+        if self.controller is not None:
+            await self.node_api.start_unix(self.node_api_socket)
+            controller = loop.create_task(self.controller.run(), name="migration-controller")
+            controller.add_done_callback(_log_service_end)
+            log.info("migration controller running", extra={"node_api": self.node_api_socket})
         await stop.wait()
         log.info("manager stopping")
         housekeeping.cancel()
         if self.pods is not None:
             await self.pods.close()
-        if migration is not None:
-            migration.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await migration
+        for task in (controller, migration):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if controller is not None:
+            await self.node_api.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self.node_api_socket)
         await self.http.close()
         await self.node.close()
         return 0
 
 
 def _log_service_end(task: asyncio.Task[None]) -> None:
-    """The migration service ended before the manager did: say why (the manager runs on)."""
+    """The migration service or controller ended before the manager did: say why (the
+    manager runs on)."""
     if not task.cancelled() and task.exception() is not None:
-        log.error("migration service stopped", exc_info=task.exception())
+        log.error("%s stopped", task.get_name(), exc_info=task.exception())
 
 
 def _write_atomically(path: str, text: str) -> None:
@@ -252,9 +297,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("--status-events", "ZEROPOD_STATUS_EVENTS", kube_env.status_events,
              "create Kubernetes events for restores, scale-downs and failures"),
             ("--in-place-scaling", "ZEROPOD_IN_PLACE_SCALING", kube_env.in_place_scaling,
-             "shrink a sleeping container's requests to 1m CPU / 1Ki memory in place")):
+             "shrink a sleeping container's requests to 1m CPU / 1Ki memory in place"),
+            ("--migration-controller", "ZEROPOD_MIGRATION_CONTROLLER", kube_env.migration,
+             "migrate sleeping containers of deleted Deployment pods through Migration "
+             "objects (needs zeropod-migration)")):
         kube.add_argument(flag, nargs="?", const=True, default=default, type=parse_switch,
                           metavar="BOOL", help=f"{what} ({env}; default: %(default)s)")
+    parser.add_argument("--node-api-socket", metavar="PATH",
+                        default=os.environ.get("ZEROPOD_MANAGER_SOCKET", ""),
+                        help="unix socket where the shims ask the manager (served with the "
+                             "migration controller) (ZEROPOD_MANAGER_SOCKET; default: "
+                             "manager.sock next to the socket folder)")
     parser.add_argument("--debug", action="store_true", help="log at debug level")
     args = parser.parse_args(argv)
     logs.set_context(component="manager", pid=os.getpid())
@@ -265,7 +318,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                       kube_settings=KubeSettings(
                           kubeconfig=args.kubeconfig, node_name=args.node_name,
                           status_labels=args.status_labels, status_events=args.status_events,
-                          in_place_scaling=args.in_place_scaling))
+                          in_place_scaling=args.in_place_scaling,
+                          migration=args.migration_controller),
+                      node_api_socket=args.node_api_socket)
     manager.setup()
     return asyncio.run(manager.run(host or "127.0.0.1", int(port), args.ready_file))
 

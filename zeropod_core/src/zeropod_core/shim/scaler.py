@@ -442,7 +442,10 @@ class Scaler:
         # The container ends: an image is of no use any more, and whatever the checkpointer
         # holds ready (a prepared CRIU in the container's cgroups for a wake, or one in the
         # pod's network namespace for the next dump) must go now, not at Delete, or the pod's
-        # cgroup and namespace cannot go and the pod lingers.
+        # cgroup and namespace cannot go and the pod lingers. Plugins may take the image of a
+        # sleeping container first (a migration's hand-over).
+        if was_down:
+            self.hooks.stopping_asleep(self.info)
         with contextlib.suppress(Exception):
             await self.checkpointer.discard()
         self._publish(Phase.STOPPING)

@@ -1,0 +1,230 @@
+"""A lab cluster set up for Kubernetes-driven migration: the CRD, RBAC, the zeropod shim
+and one ``zeropod-manager --migration-controller`` per node (outside pods, as the node's
+service account), and a Deployment of the counter app.
+
+Shared by ``tests/cluster/test_migration_k8s.py`` and ``benchmarks/migration_cold.py``. The
+nodes are a parameter (:class:`MigrationNode`): on the single-node lab both ends are the one
+node; a two-node lab passes one of each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import images
+from ..containerd import SHIM_BINARY, shim_env
+from ..manager import LabManager
+from ..manifests import DEPLOY
+from .accounts import service_account_kubeconfig
+from .cluster import KubeCluster
+from .node import KubeNode
+from .runtimes import zeropod_runtime
+from .workloads import counter_container
+
+CRD = DEPLOY / "crds" / "migrations.runtime.zeropod.ctrox.dev.yaml"
+RBAC = (DEPLOY / "base" / "namespace.yaml", DEPLOY / "base" / "rbac.yaml",
+        DEPLOY / "base" / "rbac-migration.yaml")
+MIGRATIONS = "/apis/runtime.zeropod.ctrox.dev/v1/namespaces/default/migrations"
+
+
+@dataclass
+class MigrationNode:
+    """One node's side: its Kubernetes name, its manager and its checkpoint image root."""
+
+    name: str
+    manager: LabManager
+    image_root: Path
+
+    @property
+    def handover_root(self) -> Path:
+        return self.image_root.with_name(self.image_root.name + "-migrating")
+
+    def status(self) -> list[dict[str, Any]]:
+        containers: list[dict[str, Any]] = json.loads(self.manager.get("/status"))["containers"]
+        return containers
+
+    def phase(self, pod: str, container: str = "app") -> str | None:
+        return next((str(c["phase"]) for c in self.status()
+                     if c["pod"] == pod and c["name"] == container), None)
+
+
+@dataclass
+class MigrationLab:
+    cluster: KubeCluster
+    source: MigrationNode
+    target: MigrationNode
+    folder: Path
+    deployments: list[str] = field(default_factory=list)
+
+    @property
+    def two_nodes(self) -> bool:
+        return self.source.name != self.target.name
+
+    def cordon(self, node: str, on: bool = True) -> None:
+        self.cluster.kubectl("cordon" if on else "uncordon", node)
+
+    def towards_target(self) -> None:
+        """Before deleting the source pod: its replacement can only land on the target."""
+        if self.two_nodes:
+            self.cordon(self.target.name, False)
+            self.cordon(self.source.name)
+
+    def deployment(self, *, scaledown: str = "2s", alloc_mib: int = 32,
+                   extra_annotations: dict[str, str] | None = None) -> str:
+        """A one-replica Deployment of the counter app that migrates its container; its pod
+        lands on the source node (with two nodes the target is cordoned until
+        :meth:`towards_target`; the template pins no node, or the replacement would have the
+        same pin)."""
+        if self.two_nodes:
+            self.cordon(self.source.name, False)
+            self.cordon(self.target.name)
+        name = f"mig-{secrets.token_hex(3)}"
+        annotations = {"zeropod.ctrox.dev/scaledown-duration": scaledown,
+                       "zeropod.ctrox.dev/migrate": "app", **(extra_annotations or {})}
+        manifest = {
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+                     "template": {
+                         "metadata": {"labels": {"app": name}, "annotations": annotations},
+                         "spec": {"runtimeClassName": "zeropod",
+                                  "terminationGracePeriodSeconds": 3,
+                                  "containers": [counter_container(env=[
+                                      {"name": "APP_ALLOC_MIB", "value": str(alloc_mib)}])]}}}}
+        self.cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+        self.deployments.append(name)
+        return name
+
+    def pods(self, app: str) -> list[dict[str, Any]]:
+        listed = self.cluster.api().get(
+            f"/api/v1/namespaces/default/pods?labelSelector=app%3D{app}")
+        return list(listed.get("items") or [])
+
+    def wait_new_pod(self, app: str, exclude: Sequence[str] = (),
+                     timeout: float = 120) -> dict[str, Any]:
+        """The Deployment's Ready pod that is not one of ``exclude``."""
+        def ready() -> dict[str, Any] | None:
+            for pod in self.pods(app):
+                meta, status = pod["metadata"], pod.get("status") or {}
+                if meta["name"] in exclude or meta.get("deletionTimestamp"):
+                    continue
+                if any(c.get("type") == "Ready" and c.get("status") == "True"
+                       for c in status.get("conditions") or ()):
+                    return pod
+            return None
+        found: dict[str, Any] = wait_for(f"a ready pod of {app}", ready, timeout)
+        return found
+
+    def migration(self, name: str) -> dict[str, Any] | None:
+        found: dict[str, Any] | None = self.cluster.api().get_or_none(f"{MIGRATIONS}/{name}")
+        return found
+
+    def exec(self, pod: str, *argv: str) -> str:
+        return self.cluster.kubectl("exec", pod, "-c", "app", "--", *argv).stdout
+
+    def delete_deployments(self) -> None:
+        for name in self.deployments:
+            self.cluster.kubectl("delete", "deployment", name, "--wait=false",
+                                 "--ignore-not-found", check=False)
+        self.deployments.clear()
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0,
+             interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+    return result
+
+
+def migration_phase(migration: dict[str, Any] | None, container: str = "app") -> str | None:
+    for status in ((migration or {}).get("status") or {}).get("containers") or ():
+        if status.get("name") == container:
+            return str((status.get("condition") or {}).get("phase"))
+    return None
+
+
+def start_manager(cluster: KubeCluster, folder: Path, kubeconfig: Path,
+                  extra_env: dict[str, str] | None = None,
+                  node: KubeNode | None = None) -> MigrationNode:
+    """The node's manager with the migration controller, as the node's service account
+    (``node``: one of the cluster's nodes, default its first)."""
+    node = node or cluster.node
+    env = shim_env(node.containerd_base)
+    folder.mkdir(parents=True, exist_ok=True)
+    manager = LabManager.start(Path(env["ZEROPOD_SOCKET_DIR"]), folder, env={
+        "ZEROPOD_KUBECONFIG": str(kubeconfig), "NODE_NAME": node.name,
+        "ZEROPOD_MIGRATION_CONTROLLER": "true",
+        "ZEROPOD_IMAGE_ROOT": env["ZEROPOD_IMAGE_ROOT"],
+        "ZEROPOD_MIGRATION_LISTEN": f"{node.node_ip}:0",
+        "ZEROPOD_MIGRATION_ADDRESSES": node.node_ip,
+        "ZEROPOD_MIGRATION_ADVERTISE": node.node_ip,
+        "ZEROPOD_NODE_NAME": node.name,
+        "ZEROPOD_HOUSEKEEPING_INTERVAL": "3600", **(extra_env or {})})
+    return MigrationNode(node.name, manager, Path(env["ZEROPOD_IMAGE_ROOT"]))
+
+
+@contextmanager
+def migration_lab(manager_env: dict[str, str] | None = None, *,
+                  cluster: KubeCluster | None = None,
+                  nodes: Sequence[KubeNode] = ()) -> Iterator[MigrationLab]:
+    """A lab cluster ready for migrations: the CRD, the RBAC, a manager per node.
+
+    :param cluster: a running cluster with the ``zeropod`` runtime and RuntimeClass (it is
+        left running); default: a new single-node cluster, stopped at the end.
+    :param nodes: the source and the target node (one node: both ends are it); default the
+        cluster's first node.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="zeropod-miglab-"))
+    own = cluster is None
+    if cluster is None:
+        shim = Path(sys.executable).with_name(SHIM_BINARY)
+        cluster = KubeCluster.start(runtimes=[zeropod_runtime(shim)],
+                                    app_images=[images.counter_app_spec()])
+    pair = list(nodes) or [cluster.node]
+    started: list[MigrationNode] = []
+    try:
+        if own:
+            cluster.create_runtime_class("zeropod")
+        cluster.kubectl("apply", "-f", str(CRD))
+        for file in RBAC:
+            cluster.kubectl("apply", "-f", str(file))
+        wait_for("the Migration CRD", lambda: cluster.api().get_or_none(MIGRATIONS), 30, 0.2)
+        kubeconfig = service_account_kubeconfig(cluster, folder)
+        for number, node in enumerate({n.name: n for n in pair}.values()):  # one per node
+            started.append(start_manager(cluster, folder / f"manager-{number}", kubeconfig,
+                                         manager_env, node=node))
+        lab = MigrationLab(cluster, started[0], started[-1], folder)
+        try:
+            yield lab
+        finally:
+            lab.delete_deployments()
+            if lab.two_nodes:
+                for node in pair:
+                    cluster.kubectl("uncordon", node.name, check=False)
+    finally:
+        for running in started:
+            running.manager.stop()
+        if os.environ.get("ZEROPOD_KEEP_LAB"):  # the nodes' logs, for a look afterwards
+            for node in pair:
+                for log in ("containerd.log", "kubelet.log"):
+                    with contextlib.suppress(OSError):
+                        shutil.copy(node.base / log, folder / f"{node.name}-{log}")
+        if own:
+            cluster.stop()
+        if not os.environ.get("ZEROPOD_KEEP_LAB"):
+            shutil.rmtree(folder, ignore_errors=True)
