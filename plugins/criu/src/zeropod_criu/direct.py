@@ -65,7 +65,7 @@ class DumpOptions:
     log_level: int = 4
 
 
-async def _call(swrk: Swrk, request: rpc.criu_req, images: Path, work: Path,
+async def call(swrk: Swrk, request: rpc.criu_req, images: Path, work: Path,
                 state: RuncState, log_file: str, log_level: int, file_locks: bool,
                 ext_unix_sk: bool) -> rpc.criu_resp:
     """Fill the options both requests share and send ``request``.
@@ -104,15 +104,8 @@ def write_descriptors(images: Path, pid: int) -> None:
         os.close(fd)
 
 
-async def dump(state: RuncState, pid: int, options: DumpOptions) -> list[tuple[str, Path]]:
-    """Dump ``pid`` (the container's init) into ``options.images``; CRIU kills it.
-
-    Returns the cgroup binds found in the container (the restore needs them and they cannot be
-    read once the process is gone). Raises :class:`DirectError` on failure (CRIU has then left
-    the process running, frozen as it was).
-    """
-    cgroup_binds = state.cgroup_binds(pid)
-    write_descriptors(options.images, pid)
+def dump_request(state: RuncState, pid: int, options: DumpOptions) -> rpc.criu_req:
+    """The DUMP request of ``pid`` (also the base of a lazy dump, see .live)."""
     msgs = messages()
     request: rpc.criu_req = msgs.criu_req(type=msgs.DUMP)
     opts = request.opts
@@ -125,12 +118,25 @@ async def dump(state: RuncState, pid: int, options: DumpOptions) -> list[tuple[s
         opts.external.append(f"net[{os.stat(netns).st_ino}]:extRootNetNS")
     for mount in state.dump_mounts(pid):
         opts.ext_mnt.add(key=mount.key, val=mount.val)
+    return request
+
+
+async def dump(state: RuncState, pid: int, options: DumpOptions) -> list[tuple[str, Path]]:
+    """Dump ``pid`` (the container's init) into ``options.images``; CRIU kills it.
+
+    Returns the cgroup binds found in the container (the restore needs them and they cannot be
+    read once the process is gone). Raises :class:`DirectError` on failure (CRIU has then left
+    the process running, frozen as it was).
+    """
+    cgroup_binds = state.cgroup_binds(pid)
+    write_descriptors(options.images, pid)
+    request = dump_request(state, pid, options)
     try:
         swrk = Swrk.spawn(options.criu)
     except SwrkError as exc:
         raise DirectError(str(exc)) from exc
     try:
-        response = await _call(swrk, request, options.images, options.work, state, "dump.log",
+        response = await call(swrk, request, options.images, options.work, state, "dump.log",
                                options.log_level, options.file_locks, options.ext_unix_sk)
     except (SwrkError, OSError) as exc:
         swrk.kill()
@@ -195,7 +201,7 @@ class PreparedRestore:
             # state directory) would otherwise delete the root file system through it.
             _bind(self.state.rootfs, self.criu_root)
             self.timings["request"] = time.monotonic()
-            response = await _call(self.swrk, request, self.images, self.work, self.state,
+            response = await call(self.swrk, request, self.images, self.work, self.state,
                                    "restore.log", log_level, file_locks, ext_unix_sk)
             self.timings["answer"] = time.monotonic()
             if response.success and lazy:  # it serves the app now: close() must spare it

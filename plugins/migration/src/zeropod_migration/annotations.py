@@ -3,7 +3,7 @@
 * ``zeropod.ctrox.dev/migrate: "<c1>,<c2>"``: these containers move to the replacement pod
   on another node while scaled down (their image travels; they are never started).
 * ``zeropod.ctrox.dev/live-migrate: "<container>"``: this running container moves live
-  (lazy pages; not implemented yet).
+  (lazy pages: see :mod:`.live`).
 * ``zeropod.ctrox.dev/disable-migrate-data: "true"``: the files the container wrote (its
   overlay upper dir) stay behind.
 
@@ -15,6 +15,10 @@ Files, below ``<image root>/<container id>/``:
 * ``snapshot/zeropod-migration.json`` (target node, written by the manager once an image is
   pulled and verified): the app's ports and where the image came from. Its presence is what
   makes the target shim start the container asleep.
+* ``snapshot/zeropod-live.json`` (target node, live migration): ``{"page_server": [host,
+  port]}``, the loopback end of the page-server proxy; the criu plugin's restore reads it
+  (``zeropod_criu.live.LIVE_FILE``) and fetches the pages from there, and the target shim
+  restores at once instead of waiting for a connection.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ DISABLE_MIGRATE_DATA = PREFIX + "disable-migrate-data"
 
 SOURCE_FILE = "source.json"
 INCOMING_FILE = "zeropod-migration.json"
+LIVE_FILE = "zeropod-live.json"  # the same name as zeropod_criu.live.LIVE_FILE
 UPPER = "upper"
 
 

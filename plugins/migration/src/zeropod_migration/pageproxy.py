@@ -22,6 +22,7 @@ import logging
 import os
 import ssl
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,12 +51,12 @@ def tls_context(creds: NodeCredentials, *, server: bool) -> ssl.SSLContext:
     return context
 
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
-    moved = 0
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                count: Callable[[int], None]) -> None:
     try:
         while data := await reader.read(BUFFER):
             writer.write(data)
-            moved += len(data)
+            count(len(data))  # as it flows: a reader of the totals need not wait for the end
             await writer.drain()
     except (ConnectionError, ssl.SSLError):
         pass
@@ -65,7 +66,6 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> i
                 writer.write_eof()
             else:
                 writer.close()
-    return moved
 
 
 @dataclass
@@ -85,6 +85,12 @@ class _Proxy:
 
     async def _open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         raise NotImplementedError
+
+    def _count_up(self, n: int) -> None:
+        self.bytes_up += n
+
+    def _count_down(self, n: int) -> None:
+        self.bytes_down += n
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._accepted, self.listen_host,
@@ -106,9 +112,8 @@ class _Proxy:
                             extra={"error": str(exc)})
                 writer.close()
                 return
-            up, down = await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
-            self.bytes_up += up
-            self.bytes_down += down
+            await asyncio.gather(_pump(reader, up_writer, self._count_up),
+                                 _pump(up_reader, writer, self._count_down))
             for w in (writer, up_writer):
                 w.close()
         finally:

@@ -1,12 +1,15 @@
 """Shim side of ``zeropod-migration`` (entry point group ``zeropod.shim``): standard library
 and zeropod_core only — the shim never imports gRPC, TLS or compression code.
 
-* Source node: after each checkpoint of a container listed in ``zeropod.ctrox.dev/migrate``,
+* Source node: before and after each checkpoint of a container listed in
+  ``zeropod.ctrox.dev/migrate`` or ``live-migrate``,
   record where its overlay upper dir is (``source.json``), so the manager's image service can
   stream the container's files with its image.
 * Target node: :class:`IncomingMigrator` tells the core at ``Create`` that the container
   starts asleep from an image the manager pulled (``snapshot/zeropod-migration.json``), and
-  puts the files that travelled (``snapshot/upper``) into the new rootfs's upper dir.
+  puts the files that travelled (``snapshot/upper``) into the new rootfs's upper dir. With
+  ``snapshot/zeropod-live.json`` (a live migration) the core restores it at once instead,
+  and the criu plugin fetches its pages from the source.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from zeropod_core.providers import IncomingImage
 from .annotations import (
     DISABLE_MIGRATE_DATA,
     INCOMING_FILE,
+    LIVE_FILE,
     LIVE_MIGRATE,
     MIGRATE,
     UPPER,
@@ -40,6 +44,8 @@ log = logging.getLogger("zeropod.migration.shim")
 _image_root = Path(os.environ.get("ZEROPOD_IMAGE_ROOT") or "/var/lib/zeropod/i")
 # container id -> whether its files travel (only containers listed in the migrate annotation)
 _migrating: dict[str, bool] = {}
+# containers listed in the live-migrate annotation
+_live: set[str] = set()
 
 
 def _names(container: ContainerInfo) -> tuple[str, ...]:
@@ -53,8 +59,9 @@ def zeropod_register_annotations(
     register(MIGRATE, parse_names, None,
              "comma-separated containers that move to the replacement pod on another node "
              "while scaled down (their checkpoint image travels; they are not started)")
-    register(LIVE_MIGRATE, str, None,
-             "the one running container that moves live (not implemented yet: ignored)")
+    register(LIVE_MIGRATE, parse_names, None,
+             "the running container that moves live to the replacement pod (lazy pages: it "
+             "is frozen only while its small image travels; one container per pod)")
     register(DISABLE_MIGRATE_DATA, parse_bool, "false",
              "true: the files a migrating container wrote stay on the old node")
 
@@ -67,22 +74,42 @@ def zeropod_configure(settings: Mapping[str, str]) -> None:
         _image_root = Path(root)
 
 
+def _migrates(container: ContainerInfo, config: Mapping[str, object]) -> bool:
+    names = _names(container)
+    return wants_migration(config.get(MIGRATE), names) or \
+        wants_migration(config.get(LIVE_MIGRATE), names)
+
+
 @hookimpl
 def zeropod_container_created(container: ContainerInfo, config: Mapping[str, object]) -> None:
-    if wants_migration(config.get(MIGRATE), _names(container)):
+    if _migrates(container, config):
         _migrating[container.id] = not config.get(DISABLE_MIGRATE_DATA)
+    if wants_migration(config.get(LIVE_MIGRATE), _names(container)):
+        _live.add(container.id)
 
 
 @hookimpl
 def zeropod_container_deleted(container: ContainerInfo) -> None:
     _migrating.pop(container.id, None)
+    _live.discard(container.id)
+
+
+@hookimpl
+def zeropod_before_checkpoint(container: ContainerInfo) -> None:
+    """Before a live dump, tell the manager where the container's files are: the target
+    pulls them while the dump still serves pages (source side)."""
+    if container.id in _live and container.id in _migrating:
+        _record_source(container)
 
 
 @hookimpl
 def zeropod_after_checkpoint(container: ContainerInfo, outcome: Outcome) -> None:
     """Tell the manager where the checkpointed container's files are (source side)."""
-    if not outcome.ok or container.id not in _migrating:
-        return
+    if outcome.ok and container.id in _migrating:
+        _record_source(container)
+
+
+def _record_source(container: ContainerInfo) -> None:
     upper = upper_dir(Path(container.bundle) / "rootfs")
     if upper is None:
         log.info("the container's rootfs is not an overlay: its files cannot travel",
@@ -124,13 +151,16 @@ class IncomingMigrator:
                          extra={"container": self.container.id, "entries": moved})
             shutil.rmtree(files, ignore_errors=True)
         (self.snapshot / INCOMING_FILE).unlink(missing_ok=True)  # one-shot
-        return IncomingImage(ports=info.ports, source=info.source)
+        # live: the criu plugin restores at once, fetching pages from the source
+        return IncomingImage(ports=info.ports, source=info.source,
+                             wake=(self.snapshot / LIVE_FILE).is_file())
 
 
 @hookimpl
 def zeropod_make_migrator(container: ContainerInfo,
                           config: Mapping[str, object]) -> IncomingMigrator | None:
-    """A migrator for containers listed in ``zeropod.ctrox.dev/migrate``."""
-    if container.sandbox or not wants_migration(config.get(MIGRATE), _names(container)):
+    """A migrator for containers listed in ``zeropod.ctrox.dev/migrate`` or
+    ``zeropod.ctrox.dev/live-migrate``."""
+    if container.sandbox or not _migrates(container, config):
         return None
     return IncomingMigrator(container, _image_root)

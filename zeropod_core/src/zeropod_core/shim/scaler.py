@@ -30,7 +30,13 @@ from zeropod_core.activator import Activator, ActivatorSettings
 from zeropod_core.hooks import ShimHooks
 from zeropod_core.model import ContainerInfo, ContainerStatus, Outcome, Phase, Trigger
 from zeropod_core.ports import listening_ports
-from zeropod_core.providers import ActivityTracker, Checkpointer, Redirector, RestoredProcess
+from zeropod_core.providers import (
+    ActivityTracker,
+    Checkpointer,
+    LiveCheckpointer,
+    Redirector,
+    RestoredProcess,
+)
 
 log = logging.getLogger("zeropod.scaler")
 
@@ -78,6 +84,10 @@ class ScalerSettings:
 def _number(values: Mapping[str, object], key: str, default: float) -> float:
     value = values.get(key)
     return float(value) if isinstance(value, int | float) else default
+
+
+class HandOverRefused(RuntimeError):
+    """A live migration the container cannot do (not running, no live checkpointer)."""
 
 
 class RestoreFailed(RuntimeError):
@@ -129,6 +139,8 @@ class Scaler:
         self._expected_exits: dict[int, asyncio.Future[None]] = {}
         self._restoring: asyncio.Task[None] | None = None
         self._stopped = False
+        # the container moved live to another node (hand_over): never restored here
+        self.handed_over = False
 
     # --- wiring ------------------------------------------------------------------------------
 
@@ -299,6 +311,61 @@ class Scaler:
             self._publish(Phase.CHECKPOINT_FAILED, outcome.duration_s, outcome.log_tail)
         self.arm()
 
+    async def hand_over(self, page_server_port: int,
+                        ready: Callable[[Outcome], None]) -> Outcome:
+        """Live migration's source side: a lazy dump through the checkpointer (a
+        :class:`~zeropod_core.providers.LiveCheckpointer`), pages served on
+        ``127.0.0.1:page_server_port``; returns when the target has every page. The container
+        is then scaled down for good: its process is gone, a wake-up here does nothing (the
+        app runs on the other node) and Kill ends it. Raises :class:`HandOverRefused` when the
+        container is not running or its checkpointer cannot dump live; a failure before
+        ``ready`` leaves the app running here."""
+        live = self.checkpointer
+        if not isinstance(live, LiveCheckpointer):
+            raise HandOverRefused(f"container {self.info.id}: its checkpointer "
+                                  f"({type(live).__name__}) cannot dump live")
+        async with self.lock:
+            if self.phase is not Phase.RUNNING or self._stopped:
+                raise HandOverRefused(f"container {self.info.id} is {self.phase.value}, "
+                                      "not running")
+            self.phase = Phase.CHECKPOINTING
+            if self._timer is not None:
+                self._timer.cancel()
+            if self.redirector is not None and self.activator is not None:
+                await self.redirector.redirect(self.ports)
+            self.hooks.before_checkpoint(self.info)
+            pid = self._init_pid()
+            exited = self._expected_exits[pid] = asyncio.get_running_loop().create_future()
+            started = time.monotonic()
+            try:
+                outcome = await live.live_dump(page_server_port, ready)
+            except Exception as exc:
+                log.exception("live dump raised", extra={"container": self.info.id})
+                outcome = Outcome(ok=False, duration_s=time.monotonic() - started,
+                                  error=str(exc))
+            self.last_checkpoint = outcome
+            if outcome.ok:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(exited), EXIT_WAIT_S)
+                self.last_checkpoint_at = time.time()
+                self.phase = Phase.SCALED_DOWN
+                self.handed_over = True
+                log.info("handed over live", extra={
+                    "container": self.info.id, "duration_s": round(outcome.duration_s, 4)})
+                self._publish(Phase.SCALED_DOWN, outcome.duration_s)
+                return outcome
+            self._expected_exits.pop(pid, None)
+            self.checkpoint_errors += 1
+            if self.redirector is not None and self.activator is not None:
+                await self.redirector.release(self.ports)
+            self.phase = Phase.RUNNING
+            log.error("live migration failed, the app keeps running here", extra={
+                "container": self.info.id, "error": outcome.error,
+                "log_tail": outcome.log_tail})
+            self._publish(Phase.CHECKPOINT_FAILED, outcome.duration_s, outcome.log_tail)
+        self.arm()
+        return outcome
+
     def _checkpoint_failed(self, outcome: Outcome) -> None:
         """Retry later with a back-off, or give up on checkpoints after too many failures."""
         self.failures_in_a_row += 1
@@ -333,6 +400,11 @@ class Scaler:
     async def _restore(self, trigger: Trigger) -> None:
         async with self.lock:
             if self.phase is not Phase.SCALED_DOWN:
+                return
+            if self.handed_over:
+                log.warning("a wake-up of a container that moved live to another node: "
+                            "nothing to restore here", extra={"container": self.info.id,
+                                                              "trigger": trigger.value})
                 return
             self.phase = Phase.RESTORING
             self.hooks.before_restore(self.info, trigger)

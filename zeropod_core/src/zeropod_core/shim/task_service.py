@@ -121,6 +121,7 @@ class TaskService:
                  hooks: ShimHooks, on_shutdown: Callable[[], None]) -> None:
         self.config, self.reaper, self.publisher, self.hooks = config, reaper, publisher, hooks
         self.containers: dict[str, Container] = {}
+        self._arrivals: set[asyncio.Task[None]] = set()  # live arrivals being restored
         self._on_shutdown = on_shutdown
 
     # --- helpers ----------------------------------------------------------------------------
@@ -466,11 +467,23 @@ class TaskService:
                 if container.scaler is not None and process.state is State.RUNNING:
                     if container.incoming is not None:
                         await container.scaler.begin_asleep(container.incoming.ports)
+                        if container.incoming.wake:  # live: its pages stream in meanwhile
+                            self._wake_arrived(container.scaler)
                     else:
                         container.scaler.begin()
             else:
                 await self._start_exec(container, process)
         return task.StartResponse(pid=process.pid)
+
+    def _wake_arrived(self, scaler: Scaler) -> None:
+        """Restore a container that arrived live at once (not on its first connection)."""
+        async def wake() -> None:
+            with contextlib.suppress(RestoreFailed):  # logged; the container exits
+                await scaler.restore(Trigger.MIGRATION)
+
+        task = asyncio.get_running_loop().create_task(wake(), name=f"live-{scaler.info.id}")
+        self._arrivals.add(task)
+        task.add_done_callback(self._arrivals.discard)
 
     async def _start_exec(self, container: Container, process: Process) -> None:
         spec_file = container.bundle / f"{process.exec_id}.process.json"
