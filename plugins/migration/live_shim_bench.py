@@ -15,9 +15,10 @@ per round; this process stands in for the two managers' orchestration
    loopback for ``criu lazy-pages``);
 2. the last answer from the source (the counter);
 3. ``LiveMigrate`` on the source shim's node API: lazy dump, READY;
-4. the target pulls the memory-less image (and the app's files) and the target container is
-   created with ``zeropod.ctrox.dev/live-migrate``: its shim restores it at once, the pages
-   stream in through the proxies;
+   (before (2), the target container is created with ``zeropod.ctrox.dev/live-migrate``, as
+   the kubelet creates the replacement pod's: its shim waits in ``Create`` for the image);
+4. the target pulls the memory-less image (and the app's files) into the announced folder:
+   the waiting shim takes it and restores at once, the pages stream in through the proxies;
 5. the first answer from the target (the counter must continue), then DONE from the source
    (every page left), then ``/crc`` (all memory intact) and the file;
 6. the source container is deleted: nothing of it may be left on its node.
@@ -32,7 +33,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import secrets
 import shutil
 import socket
@@ -121,6 +124,11 @@ def two_nodes(prefix: str = "zeropod-live") -> Iterator[tuple[Node, Node]]:
                 node.manager.stop()
             node.containerd.stop()
             node.net.delete()
+            keep = os.environ.get("ZEROPOD_LIVE_KEEP_LOGS")
+            if keep:
+                Path(keep).mkdir(parents=True, exist_ok=True)
+                for log in node.containerd.base.glob("*.log"):
+                    shutil.copy(log, Path(keep) / f"{node.name}-{log.name}")
             shutil.rmtree(node.containerd.base, ignore_errors=True)
 
 
@@ -174,19 +182,30 @@ async def move(src: Node, dst: Node, src_id: str, dst_id: str, mib: int) -> Roun
     source = SourceHandOver(src.creds, shim, src_id, listen=("127.0.0.1", 0))
     proxy_port = await source.prepare()
     target = TargetArrival(dst.creds, ("127.0.0.1", proxy_port))
+    create: asyncio.Future[LabContainer] | None = None
     try:
-        await target.prepare()
+        await target.prepare(src.image_address)
+        # the target container first, as the kubelet creates the replacement pod's: its
+        # shim waits in Create for the image
+        target.expect(dst.containerd.image_root, dst_id)
+        t_create = time.monotonic()
+        create = asyncio.ensure_future(asyncio.to_thread(run_counter, dst, dst_id, mib))
+        await asyncio.to_thread(_wait_creating, dst, dst_id, create)
+        t_waiting = time.monotonic()
         last = await asyncio.to_thread(get, src)
         t_last = time.monotonic()
         paused = await source.dump()
         t_ready = time.monotonic()
-        received = await target.receive(src.image_address, src_id, dst.containerd.image_root,
-                                        dst_id, source_label=f"{src.name}/{src_id}")
+        received = await target.receive(src_id, source_label=f"{src.name}/{src_id}")
         t_pulled = time.monotonic()
-        await asyncio.to_thread(run_counter, dst, dst_id, mib)
-        t_created = time.monotonic()
         first = await asyncio.to_thread(get, dst)
         t_first = time.monotonic()
+        if os.environ.get("ZEROPOD_LIVE_TRACE"):
+            now_wall = time.time() - t_first
+            print("trace", {k: round(now_wall + v, 3) for k, v in (
+                ("last", t_last), ("ready", t_ready), ("pulled", t_pulled),
+                ("first", t_first))})
+        await create
         restored_at = await target.wait_restored(
             await find_shim_socket(dst.containerd.node_socket_dir, dst_id), dst_id)
         await source.finished()
@@ -198,13 +217,27 @@ async def move(src: Node, dst: Node, src_id: str, dst_id: str, mib: int) -> Roun
             raise AssertionError(f"counter {first['count']} after {last['count']}: state lost")
         return Round(freeze_s=t_first - t_last, total_s=t_done - t_ready + paused.ready_at
                      - paused.paused_at, paused_to_ready_s=paused.ready_at - paused.paused_at,
-                     pull_s=t_pulled - t_ready, create_s=t_created - t_pulled,
+                     pull_s=t_pulled - t_ready, create_s=t_waiting - t_create,
                      image_bytes=received.pull.raw_bytes if received.pull else 0,
                      pages_bytes=source.bytes_moved, count=int(str(first["count"])),
                      note=note, crc=crc, paused_at=paused.paused_at, restored_at=restored_at)
     finally:
         await target.close()
         await source.close()
+        if create is not None:
+            with contextlib.suppress(Exception):
+                await create
+
+
+def _wait_creating(node: Node, container_id: str, create: asyncio.Future[LabContainer],
+                   timeout_s: float = 60.0) -> None:
+    """Until the target shim is in ``Create`` (the criu plugin made the image folder)."""
+    deadline = time.monotonic() + timeout_s
+    while not (node.containerd.image_root / container_id).is_dir():
+        if create.done() or time.monotonic() > deadline:
+            raise RuntimeError(f"{container_id} was not created on {node.name}")
+        time.sleep(0.005)
+    time.sleep(0.05)  # its rootfs mount, then the wait for the image
 
 
 def leftovers(node: Node, container_id: str) -> list[str]:
@@ -260,7 +293,7 @@ def main() -> None:
         results = rounds(nodes, args.mib, args.rounds)
     print(f"live migration through the shims, {args.mib} MiB, {len(results)} rounds "
           "(median, min-max)")
-    for name in ("freeze_s", "total_s", "paused_to_ready_s", "pull_s", "create_s"):
+    for name in ("freeze_s", "total_s", "paused_to_ready_s", "pull_s"):
         values = [getattr(r, name) * 1000 for r in results]
         print(f"  {name[:-2]:16} {statistics.median(values):8.1f} ms "
               f"({min(values):.1f}-{max(values):.1f})")

@@ -210,7 +210,12 @@ async def restore_remote(cp: CriuCheckpointer, page_server: tuple[str, int],
             from .checkpointer import CriuRestoreError  # (that module imports this one)
             raise CriuRestoreError(f"criu lazy-pages for {cid} did not start:\n{tail}",
                                    log_tail=tail)
+        daemon_ready = time.monotonic()
         restored = await cp._runc_restore(start, lazy_pages=True)
+        log.info("restored live: pages stream in from the source", extra={
+            "container": cid, "pid": restored.pid, "page_server": list(page_server),
+            "daemon_ms": round((daemon_ready - start) * 1e3, 1),
+            "restore_ms": round((time.monotonic() - daemon_ready) * 1e3, 1)})
     except BaseException:
         daemon.kill()
         daemon.close()

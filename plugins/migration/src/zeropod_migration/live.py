@@ -6,21 +6,23 @@ target node while it keeps its memory, through the shims of both nodes::
     target manager                      source manager                source shim
     TargetArrival.prepare()             SourceHandOver.prepare()
       TargetProxy (127.0.0.1, plain)      SourceProxy (mutual TLS) -> 127.0.0.1:<CRIU port>
+    TargetArrival.expect(key)
+    the target container is created (kubelet / ctr): its shim waits in Create
                                         SourceHandOver.dump()  ----->  LiveMigrate (node API)
                                           <- READY (pausedAt)          lazy dump, cgroup frozen,
     TargetArrival.receive()                                            CRIU's page server
-      pull the memory-less image (image service), write
-      zeropod-live.json (the TargetProxy's port)
-    the target container is created (kubelet / ctr): its shim restores at once,
-      criu lazy-pages --page-server -> TargetProxy ==TLS==> SourceProxy -> CRIU
+      pull the memory-less image (image service) into .live/<key>/, write
+      zeropod-live.json (the TargetProxy's port): the waiting shim takes it and restores
+      at once, criu lazy-pages --page-server -> TargetProxy ==TLS==> SourceProxy -> CRIU
     TargetArrival.wait_restored() (restoredAt)
                                         SourceHandOver.finished()   <- DONE: every page left,
                                                                        the source process gone
     close both                          (the source container is deleted as usual)
 
-Both proxies start before the dump, so the freeze pays only the dump, the pull and the
-restore. A node without userfaultfd or the pipe size CRIU's page server needs refuses up
-front (:class:`LiveMigrationUnavailable`, the same check as ``/healthz``).
+Both proxies start, and the target container is created, before the dump: the freeze pays
+only the dump, the pull and the restore. A node without userfaultfd or the pipe size CRIU's
+page server needs refuses up front (:class:`LiveMigrationUnavailable`, the same check as
+``/healthz``).
 :func:`find_shim_socket` finds the node API socket of a container's shim.
 """
 
@@ -31,6 +33,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -38,13 +41,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from zeropod_core import ttrpc
 from zeropod_core.api import ZEROPOD_SHIM_SERVICE, zeropod_shim
 
-from .annotations import LIVE_FILE
+from .annotations import LIVE_FILE, LIVE_PENDING
 from .capabilities import live_migration_support
 from .pageproxy import SourceProxy, TargetProxy
-from .receive import Received, receive_image
+from .receive import Received, mark_received
+from .service import IMAGE_SUBDIR, check_image_id, open_channel, pull_image
 from .tls import NodeCredentials
 
 log = logging.getLogger("zeropod.migration.live")
@@ -178,25 +184,44 @@ class TargetArrival:
                  server_name: str = "") -> None:
         self.creds = creds
         self.proxy = TargetProxy(creds, remote=source_proxy, server_name=server_name)
+        self.server_name = server_name
         self.port = 0
+        self.pending: Path | None = None
+        self.image_address = ""
+        self._channel: grpc.aio.Channel | None = None
 
-    async def prepare(self) -> int:
-        """Check the node and start the proxy; returns its loopback port."""
+    async def prepare(self, image_address: str) -> int:
+        """Check the node, start the proxy and connect to the source's image service at
+        ``image_address`` (the TLS handshake before the dump); returns the proxy's
+        loopback port."""
         check_node()
         self.port = await self.proxy.start()
+        self.image_address = image_address
+        self._channel = open_channel(image_address, self.creds, self.server_name)
+        with contextlib.suppress(asyncio.TimeoutError):  # the pull says what is wrong
+            await asyncio.wait_for(self._channel.channel_ready(), CALL_TIMEOUT_S)
         return self.port
 
-    async def receive(self, image_address: str, source_id: str, image_root: Path,
-                      target_id: str, *, source_label: str = "") -> Received:
-        """Pull the memory-less image of ``source_id`` for ``target_id`` and mark it live:
-        the target container, created next, restores at once and fetches its pages
-        through this proxy. Raises TransferError (nothing left behind)."""
-        received = await receive_image(image_address, self.creds, source_id, image_root,
-                                       target_id, source_label=source_label,
-                                       compression="none")
-        (received.snapshot / LIVE_FILE).write_text(
-            json.dumps({"page_server": ["127.0.0.1", self.port]}))
-        return received
+    def expect(self, image_root: Path, key: str) -> None:
+        """Announce the arrival (``<image root>/.live/<key>/``, see
+        :func:`~.annotations.live_key`): the target container may now be created; its shim
+        waits in ``Create`` until :meth:`receive` has put the image there."""
+        self.pending = image_root / LIVE_PENDING / check_image_id(key)
+        self.pending.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    async def receive(self, source_id: str, *, source_label: str = "") -> Received:
+        """Pull the memory-less image of ``source_id`` for the expected container and mark
+        it live: its shim restores at once and fetches the pages through this proxy.
+        Raises TransferError (nothing left behind; the waiting shim starts fresh once
+        :meth:`close` removed the announcement)."""
+        assert self.pending is not None, "expect() first"
+        snapshot = self.pending / IMAGE_SUBDIR
+        result = await pull_image(self.image_address, self.creds, source_id, snapshot,
+                                  compression="none", channel=self._channel)
+        (snapshot / LIVE_FILE).write_text(json.dumps({"page_server": ["127.0.0.1", self.port]}))
+        return await asyncio.to_thread(mark_received, snapshot,
+                                       source_label or f"{self.image_address}/{source_id}",
+                                       result)
 
     async def wait_restored(self, shim_socket: str, target_id: str,
                             timeout_s: float = 60.0) -> float:
@@ -215,4 +240,11 @@ class TargetArrival:
                 await asyncio.sleep(0.005)
 
     async def close(self) -> None:
+        """Stop the proxy (after the source's DONE) and drop an arrival nobody took."""
         await self.proxy.close()
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+        if self.pending is not None:
+            await asyncio.to_thread(shutil.rmtree, self.pending, True)
+            self.pending = None

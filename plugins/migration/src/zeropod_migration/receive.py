@@ -45,8 +45,8 @@ async def receive_image(address: str, creds: NodeCredentials, source_id: str,
     snapshot = image_root / check_image_id(target_id) / IMAGE_SUBDIR
     result = await pull_image(address, creds, source_id, snapshot, compression=compression,
                               timeout_s=timeout_s)
-    return await asyncio.to_thread(_finish, snapshot, source_label or f"{address}/{source_id}",
-                                   result)
+    return await asyncio.to_thread(mark_received, snapshot,
+                                   source_label or f"{address}/{source_id}", result)
 
 
 def adopt_local_image(image_root: Path, source_id: str, target_id: str, *,
@@ -60,10 +60,12 @@ def adopt_local_image(image_root: Path, source_id: str, target_id: str, *,
     source.rename(snapshot)
     if upper_dir is not None and upper_dir.is_dir():
         shutil.copytree(upper_dir, snapshot / "upper", symlinks=True)
-    return _finish(snapshot, f"local/{source_id}", None)
+    return mark_received(snapshot, f"local/{source_id}", None)
 
 
-def _finish(snapshot: Path, source: str, pull: PullResult | None) -> Received:
+def mark_received(snapshot: Path, source: str, pull: PullResult | None) -> Received:
+    """Write ``zeropod-migration.json`` (ports, source) into a complete image: from then on
+    the target shim takes it."""
     ports = listening_ports(snapshot)
     IncomingInfo(ports=ports, source=source).save(snapshot)
     log.info("migrated image ready", extra={"snapshot": str(snapshot), "ports": ports,

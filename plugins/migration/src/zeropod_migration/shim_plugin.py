@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import shutil
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -31,10 +32,12 @@ from .annotations import (
     INCOMING_FILE,
     LIVE_FILE,
     LIVE_MIGRATE,
+    LIVE_PENDING,
     MIGRATE,
     UPPER,
     IncomingInfo,
     SourceInfo,
+    live_key,
     wants_migration,
 )
 from .overlay import move_into, upper_dir
@@ -42,6 +45,9 @@ from .overlay import move_into, upper_dir
 log = logging.getLogger("zeropod.migration.shim")
 
 _image_root = Path(os.environ.get("ZEROPOD_IMAGE_ROOT") or "/var/lib/zeropod/i")
+# how long Create waits for a live arrival the target manager announced
+_live_wait_s = 30.0
+LIVE_POLL_S = 0.002
 # container id -> whether its files travel (only containers listed in the migrate annotation)
 _migrating: dict[str, bool] = {}
 # containers listed in the live-migrate annotation
@@ -68,10 +74,15 @@ def zeropod_register_annotations(
 
 @hookimpl
 def zeropod_configure(settings: Mapping[str, str]) -> None:
-    global _image_root
+    global _image_root, _live_wait_s
     root = settings.get("ZEROPOD_IMAGE_ROOT", "").strip()
     if root and os.path.isabs(root):
         _image_root = Path(root)
+    wait = settings.get("ZEROPOD_LIVE_WAIT", "").strip()
+    try:
+        _live_wait_s = float(wait) if wait else _live_wait_s
+    except ValueError:
+        log.error("ZEROPOD_LIVE_WAIT must be seconds, got %r; using %.0f", wait, _live_wait_s)
 
 
 def _migrates(container: ContainerInfo, config: Mapping[str, object]) -> bool:
@@ -123,12 +134,35 @@ def _record_source(container: ContainerInfo) -> None:
 class IncomingMigrator:
     """Answers the core's "does this container arrive asleep from another node?"."""
 
-    def __init__(self, container: ContainerInfo, image_root: Path) -> None:
+    def __init__(self, container: ContainerInfo, image_root: Path, *,
+                 live: bool = False) -> None:
         self.container = container
         self.snapshot = image_root / container.id / "snapshot"
+        info = container
+        self.pending = image_root / LIVE_PENDING / live_key(
+            info.pod_namespace, info.pod_name, info.container_name, info.id) if live else None
 
     async def incoming(self) -> IncomingImage | None:
+        if self.pending is not None and _arrival(self.pending) != "gone":
+            await self._wait_live(self.pending)
         return await asyncio.to_thread(self._incoming)
+
+    async def _wait_live(self, pending: Path) -> None:
+        """The target manager expects a live arrival for this container: wait (bounded)
+        until its image is complete, then take it into this container's folder. (A stat
+        every 2 ms on the loop: cheaper than a thread hop each time.)"""
+        deadline = time.monotonic() + _live_wait_s
+        while (state := _arrival(pending)) == "waiting":
+            if time.monotonic() > deadline:
+                log.warning("no live image within %.0f s: starting fresh", _live_wait_s,
+                            extra={"container": self.container.id, "pending": str(pending)})
+                return
+            await asyncio.sleep(LIVE_POLL_S)
+        if state == "gone":
+            log.info("the live arrival was called off: starting fresh",
+                     extra={"container": self.container.id})
+            return
+        await asyncio.to_thread(_take_arrival, pending, self.snapshot)
 
     def _incoming(self) -> IncomingImage | None:
         info = IncomingInfo.load(self.snapshot)
@@ -156,6 +190,19 @@ class IncomingMigrator:
                              wake=(self.snapshot / LIVE_FILE).is_file())
 
 
+def _arrival(pending: Path) -> str:
+    """"arrived" (the image is complete), "waiting", or "gone" (called off)."""
+    if (pending / "snapshot" / INCOMING_FILE).is_file():
+        return "arrived"
+    return "waiting" if pending.is_dir() else "gone"
+
+
+def _take_arrival(pending: Path, snapshot: Path) -> None:
+    snapshot.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (pending / "snapshot").rename(snapshot)
+    shutil.rmtree(pending, ignore_errors=True)
+
+
 @hookimpl
 def zeropod_make_migrator(container: ContainerInfo,
                           config: Mapping[str, object]) -> IncomingMigrator | None:
@@ -163,4 +210,5 @@ def zeropod_make_migrator(container: ContainerInfo,
     ``zeropod.ctrox.dev/live-migrate``."""
     if container.sandbox or not _migrates(container, config):
         return None
-    return IncomingMigrator(container, _image_root)
+    return IncomingMigrator(container, _image_root,
+                            live=wants_migration(config.get(LIVE_MIGRATE), _names(container)))

@@ -176,6 +176,16 @@ class Scaler:
         self.ports = list(self.settings.ports or ports)
         await self._set_up_asleep()
 
+    async def begin_live(self, ports: Sequence[int]) -> None:
+        """The container arrived live from another node (nothing runs yet, its pages are
+        still on the source): restore it at once, then scale to zero as after a start. No
+        activator first: the app answers itself within the restore's time."""
+        self.phase = Phase.SCALED_DOWN
+        self.ports = list(self.settings.ports or ports)
+        await self.restore(Trigger.MIGRATION)
+        if self.phase is Phase.RUNNING:
+            self.begin()
+
     async def _set_up_asleep(self) -> None:
         async with self.lock:  # a wake-up by exec waits until the redirect is in place
             if self.tracker is not None and self.ports:

@@ -465,21 +465,22 @@ class TaskService:
                     process.state = State.RUNNING
                 self.publisher.publish(events.TaskStart(container_id=req.id, pid=process.pid))
                 if container.scaler is not None and process.state is State.RUNNING:
-                    if container.incoming is not None:
+                    if container.incoming is not None and container.incoming.wake:
+                        self._begin_live(container.scaler, container.incoming.ports)
+                    elif container.incoming is not None:
                         await container.scaler.begin_asleep(container.incoming.ports)
-                        if container.incoming.wake:  # live: its pages stream in meanwhile
-                            self._wake_arrived(container.scaler)
                     else:
                         container.scaler.begin()
             else:
                 await self._start_exec(container, process)
         return task.StartResponse(pid=process.pid)
 
-    def _wake_arrived(self, scaler: Scaler) -> None:
-        """Restore a container that arrived live at once (not on its first connection)."""
+    def _begin_live(self, scaler: Scaler, ports: tuple[int, ...]) -> None:
+        """Restore a container that arrived live at once (its pages stream in meanwhile),
+        after ``Start`` has answered."""
         async def wake() -> None:
             with contextlib.suppress(RestoreFailed):  # logged; the container exits
-                await scaler.restore(Trigger.MIGRATION)
+                await scaler.begin_live(ports)
 
         task = asyncio.get_running_loop().create_task(wake(), name=f"live-{scaler.info.id}")
         self._arrivals.add(task)
