@@ -66,9 +66,9 @@ class LiveMigrationFailed(RuntimeError):
     """The source shim refused or failed the live dump (the app runs on at the source)."""
 
 
-def check_node() -> None:
+def check_node(proc: Path = Path("/proc")) -> None:
     """Refuse up front on a node where CRIU's lazy pages cannot work."""
-    support = live_migration_support()
+    support = live_migration_support(proc)
     if not support["available"]:
         raise LiveMigrationUnavailable(f"live migration is not possible on this node: "
                                        f"{support['reason']}")

@@ -92,7 +92,9 @@ class _Pipe(asyncio.Protocol):
         self._eof = True
         if self.peer is not None and self.peer.transport is not None:
             _end(self.peer.transport)
-        return True  # keep the other direction open (TLS transports close anyway)
+        # keep the other direction open; a TLS transport cannot (asyncio closes it)
+        return self.transport is not None and \
+            self.transport.get_extra_info("sslcontext") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.peer is not None and self.peer.transport is not None:
