@@ -38,7 +38,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import statistics
 import subprocess
 import time
@@ -52,7 +51,12 @@ from zeropod_core.lab.containerd import ZEROPOD_RUNTIME, LabContainer, PrivateCo
 from zeropod_core.lab.http import HttpError, http_get
 from zeropod_core.lab.manager import LabManager
 from zeropod_core.lab.netns import PodNetwork
-from zeropod_migration.live import SourceHandOver, TargetArrival, find_shim_socket
+from zeropod_migration.live import (
+    SourceHandOver,
+    TargetArrival,
+    find_shim_socket,
+    free_loopback_port,
+)
 from zeropod_migration.tls import ClusterCA, NodeCredentials
 
 LIVE_MIGRATE = "zeropod.ctrox.dev/live-migrate"
@@ -74,12 +78,6 @@ def pipe_max_size_for_criu() -> Iterator[None]:
     finally:
         if old < CRIU_PIPE_BYTES:
             PIPE_MAX_SIZE.write_text(str(old))
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
@@ -107,7 +105,7 @@ def two_nodes(prefix: str = "zeropod-live") -> Iterator[tuple[Node, Node]]:
             containerd = PrivateContainerd.start(base, env=NODE_ENV)
             net = PodNetwork.create("zplv")
             node = Node(name, containerd, None, ca.issue(name, ["127.0.0.1"]),  # type: ignore[arg-type]
-                        _free_port(), net)
+                        free_loopback_port(), net)
             started.append(node)
             containerd.import_image(images.build(images.counter_app_spec()))
             containerd.node_socket_dir.mkdir(parents=True, exist_ok=True)

@@ -74,7 +74,8 @@ def check_node(proc: Path = Path("/proc")) -> None:
                                        f"{support['reason']}")
 
 
-def _free_loopback_port() -> int:
+def free_loopback_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for CRIU's page server, which cannot tell)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
@@ -115,7 +116,7 @@ class SourceHandOver:
     def __init__(self, creds: NodeCredentials, shim_socket: str, container_id: str, *,
                  listen: tuple[str, int] = ("0.0.0.0", 0)) -> None:
         self.creds, self.shim_socket, self.container_id = creds, shim_socket, container_id
-        self.criu_port = _free_loopback_port()
+        self.criu_port = free_loopback_port()
         self.proxy = SourceProxy(creds, upstream=("127.0.0.1", self.criu_port), listen=listen)
         self._client: ttrpc.Client | None = None
         self._events: AsyncIterator[Any] | None = None

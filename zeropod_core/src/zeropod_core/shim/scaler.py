@@ -282,16 +282,22 @@ class Scaler:
             future.set_result(None)
         return True
 
+    async def _enter_dump(self) -> tuple[int, asyncio.Future[None]]:
+        """Under the lock, before a dump: CHECKPOINTING, the redirect on, the plugins told,
+        and the init's exit to come expected (swallowed). Returns its PID and that exit."""
+        self.phase = Phase.CHECKPOINTING
+        if self.redirector is not None and self.activator is not None:
+            await self.redirector.redirect(self.ports)
+        self.hooks.before_checkpoint(self.info)
+        pid = self._init_pid()
+        exited = self._expected_exits[pid] = asyncio.get_running_loop().create_future()
+        return pid, exited
+
     async def scale_down(self) -> None:
         async with self.lock:
             if self.phase is not Phase.RUNNING or self._stopped:
                 return
-            self.phase = Phase.CHECKPOINTING
-            if self.redirector is not None and self.activator is not None:
-                await self.redirector.redirect(self.ports)
-            self.hooks.before_checkpoint(self.info)
-            pid = self._init_pid()
-            exited = self._expected_exits[pid] = asyncio.get_running_loop().create_future()
+            pid, exited = await self._enter_dump()
             started = time.monotonic()
             try:
                 outcome = await self.checkpointer.checkpoint()
@@ -338,14 +344,9 @@ class Scaler:
             if self.phase is not Phase.RUNNING or self._stopped:
                 raise HandOverRefused(f"container {self.info.id} is {self.phase.value}, "
                                       "not running")
-            self.phase = Phase.CHECKPOINTING
             if self._timer is not None:
                 self._timer.cancel()
-            if self.redirector is not None and self.activator is not None:
-                await self.redirector.redirect(self.ports)
-            self.hooks.before_checkpoint(self.info)
-            pid = self._init_pid()
-            exited = self._expected_exits[pid] = asyncio.get_running_loop().create_future()
+            pid, exited = await self._enter_dump()
             started = time.monotonic()
             try:
                 outcome = await live.live_dump(page_server_port, ready)
