@@ -208,6 +208,13 @@ async def move(src: Node, dst: Node, src_id: str, dst_id: str, mib: int) -> Roun
             await find_shim_socket(dst.containerd.node_socket_dir, dst_id), dst_id)
         await source.finished()
         t_done = time.monotonic()
+        keep = os.environ.get("ZEROPOD_LIVE_KEEP_LOGS")
+        if keep:  # CRIU's logs of the target's restore, for a look at where the time goes
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            for name in ("lazy-pages.log", "restore.log"):
+                with contextlib.suppress(OSError):
+                    shutil.copy(dst.containerd.image_root / dst_id / "work" / name,
+                                Path(keep) / f"{dst_id}-{name}")
         crc = await asyncio.to_thread(get, dst, "/crc")
         note = await asyncio.to_thread(exec_in, dst, dst_id,
                                        f"print(open({NOTE!r}).read(), end='')")
