@@ -208,13 +208,7 @@ async def move(src: Node, dst: Node, src_id: str, dst_id: str, mib: int) -> Roun
             await find_shim_socket(dst.containerd.node_socket_dir, dst_id), dst_id)
         await source.finished()
         t_done = time.monotonic()
-        keep = os.environ.get("ZEROPOD_LIVE_KEEP_LOGS")
-        if keep:  # CRIU's logs of the target's restore, for a look at where the time goes
-            Path(keep).mkdir(parents=True, exist_ok=True)
-            for name in ("lazy-pages.log", "restore.log"):
-                with contextlib.suppress(OSError):
-                    shutil.copy(dst.containerd.image_root / dst_id / "work" / name,
-                                Path(keep) / f"{dst_id}-{name}")
+        await asyncio.to_thread(_keep_criu_logs, dst, dst_id)
         crc = await asyncio.to_thread(get, dst, "/crc")
         note = await asyncio.to_thread(exec_in, dst, dst_id,
                                        f"print(open({NOTE!r}).read(), end='')")
@@ -232,6 +226,18 @@ async def move(src: Node, dst: Node, src_id: str, dst_id: str, mib: int) -> Roun
         if create is not None:
             with contextlib.suppress(Exception):
                 await create
+
+
+def _keep_criu_logs(node: Node, container_id: str) -> None:
+    """With ZEROPOD_LIVE_KEEP_LOGS: the target restore's CRIU logs, for where time goes."""
+    keep = os.environ.get("ZEROPOD_LIVE_KEEP_LOGS")
+    if not keep:
+        return
+    Path(keep).mkdir(parents=True, exist_ok=True)
+    for name in ("lazy-pages.log", "restore.log"):
+        with contextlib.suppress(OSError):
+            shutil.copy(node.containerd.image_root / container_id / "work" / name,
+                        Path(keep) / f"{container_id}-{name}")
 
 
 def _wait_creating(node: Node, container_id: str, create: asyncio.Future[LabContainer],
