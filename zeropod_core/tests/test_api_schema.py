@@ -175,8 +175,10 @@ def test_events_and_node_services() -> None:
     assert forward.input_type.full_name == "containerd.services.events.ttrpc.v1.ForwardRequest"
     shim = zeropod_shim.DESCRIPTOR.services_by_name["Shim"]
     assert shim.full_name == ZEROPOD_SHIM_SERVICE
-    assert [m.name for m in shim.methods] == ["Metrics", "GetStatus", "SubscribeStatus"]
+    assert [m.name for m in shim.methods] == ["Metrics", "GetStatus", "SubscribeStatus",
+                                           "LiveMigrate"]
     assert shim.methods_by_name["SubscribeStatus"].server_streaming
+    assert shim.methods_by_name["LiveMigrate"].server_streaming
     assert not shim.methods_by_name["GetStatus"].server_streaming
 
 

@@ -66,3 +66,22 @@ async def test_fan_out_and_slow_subscriber(tmp_path: Path,
     finally:
         await api.close()
     assert not (tmp_path / "zeropod-test-shim.sock").exists()
+
+
+async def test_live_migrate_names_an_unknown_container(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """LiveMigrate refuses before anything happens when the shim has no such container."""
+    monkeypatch.setenv("ZEROPOD_SOCKET_DIR", str(tmp_path))
+    hooks = ShimHooks(make_plugin_manager(RoleName.SHIM, autoload=False, environ={}))
+    api = NodeApi(NodeService(lambda: {}, hooks), "/run/containerd/s/zeropod-live-shim")
+    await api.start()
+    try:
+        async with await ttrpc.Client.connect(api.path) as client:
+            stream = await client.server_stream(
+                ZEROPOD_SHIM_SERVICE, "LiveMigrate",
+                zeropod_shim.LiveMigrateRequest(id="nope", page_server_port=4242),
+                zeropod_shim.LiveMigrateEvent)
+            with pytest.raises(ttrpc.RPCError, match="container nope: not found"):
+                await anext(stream)
+    finally:
+        await api.close()

@@ -91,3 +91,14 @@ def test_live_migration_support_says_why_not(tmp_path: Path) -> None:
         proc = _fake_proc(tmp_path / str(index), uffd=uffd, pipe_max=pipe_max, cap_eff=caps)
         result = live_migration_support(proc)
         assert result["available"] is available and reason in str(result["reason"]), result
+
+
+def test_a_node_that_cannot_do_live_migration_refuses_up_front(tmp_path: Path) -> None:
+    """Both sides of a live migration check the node before anything starts."""
+    from zeropod_migration.live import LiveMigrationUnavailable, check_node
+
+    proc = tmp_path / "proc"
+    (proc / "sys/fs").mkdir(parents=True)
+    (proc / "sys/fs/pipe-max-size").write_text("1048576\n")
+    with pytest.raises(LiveMigrationUnavailable, match="no userfaultfd"):
+        check_node(proc)

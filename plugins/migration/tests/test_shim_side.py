@@ -8,7 +8,13 @@ import sys
 from pathlib import Path
 
 from zeropod_core.model import ContainerInfo
-from zeropod_migration.annotations import INCOMING_FILE, IncomingInfo
+from zeropod_migration.annotations import (
+    INCOMING_FILE,
+    LIVE_FILE,
+    LIVE_PENDING,
+    IncomingInfo,
+    live_key,
+)
 from zeropod_migration.overlay import move_into, upper_dir
 from zeropod_migration.shim_plugin import IncomingMigrator
 
@@ -62,3 +68,44 @@ def test_incoming_is_one_shot_and_needs_a_complete_image(tmp_path: Path) -> None
     assert incoming is not None and incoming.ports == (8080,)
     assert not (snapshot / INCOMING_FILE).exists()
     assert asyncio.run(migrator.incoming()) is None
+
+
+def _live_image(snapshot: Path) -> None:
+    snapshot.mkdir(parents=True)
+    (snapshot / "inventory.img").write_bytes(b"x")
+    (snapshot / LIVE_FILE).write_text('{"page_server": ["127.0.0.1", 4242]}')
+    IncomingInfo(ports=(8080,), source="node-a/c1").save(snapshot)
+
+
+async def test_a_live_arrival_waits_in_create_and_wakes_at_once(tmp_path: Path) -> None:
+    """The target manager announced the arrival (.live/<key>): incoming() waits until the
+    image is complete, takes it into the container's folder and asks for a restore at once;
+    the page-server note stays for the criu plugin."""
+    info = ContainerInfo(id="c3", bundle=str(tmp_path / "bundle"), namespace="ns",
+                         pod_name="web-2", pod_namespace="shop", container_name="app")
+    images = tmp_path / "images"
+    pending = images / LIVE_PENDING / live_key("shop", "web-2", "app", "c3")
+    pending.mkdir(parents=True)
+    migrator = IncomingMigrator(info, images, live=True)
+    waiting = asyncio.ensure_future(migrator.incoming())
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+    staging = pending / "staging"
+    _live_image(staging)
+    staging.rename(pending / "snapshot")  # as the pull does: complete, then in place
+    incoming = await asyncio.wait_for(waiting, 10)
+    assert incoming is not None and incoming.wake and incoming.ports == (8080,)
+    assert (images / "c3" / "snapshot" / LIVE_FILE).is_file()
+    assert not pending.exists()
+
+
+async def test_a_called_off_live_arrival_is_a_fresh_start(tmp_path: Path) -> None:
+    info = ContainerInfo(id="c4", bundle=str(tmp_path / "bundle"), namespace="ns")
+    images = tmp_path / "images"
+    pending = images / LIVE_PENDING / "c4"  # outside Kubernetes the key is the id
+    pending.mkdir(parents=True)
+    waiting = asyncio.ensure_future(IncomingMigrator(info, images, live=True).incoming())
+    await asyncio.sleep(0.1)
+    pending.rmdir()
+    assert await asyncio.wait_for(waiting, 10) is None
+    assert not (images / "c4").exists()

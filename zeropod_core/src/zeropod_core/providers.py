@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -170,6 +170,20 @@ class TaskCheckpointer(Protocol):
 
 
 @runtime_checkable
+class LiveCheckpointer(Protocol):
+    """A checkpointer that can hand a running container over to another node live.
+    Provided by ``zeropod-criu`` (its direct mode)."""
+
+    async def live_dump(self, page_server_port: int,
+                        ready: Callable[[Outcome], None]) -> Outcome:
+        """Dump everything but the memory, call ``ready`` (image bytes set) once the image
+        is written and CRIU's page server listens on ``127.0.0.1:page_server_port``, and
+        return when the last page left (the process is gone then). On failure before
+        ``ready`` the app keeps running."""
+        ...
+
+
+@runtime_checkable
 class Redirector(Protocol):
     """Sends new connections for the app's ports to the activator while it sleeps."""
 
@@ -219,6 +233,8 @@ class IncomingImage:
 
     ports: tuple[int, ...]
     source: str = ""
+    # a live migration: restore at once (lazily, the pages still on the source), not asleep
+    wake: bool = False
 
 
 @runtime_checkable

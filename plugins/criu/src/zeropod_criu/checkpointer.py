@@ -23,7 +23,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +31,7 @@ from zeropod_core.model import ContainerInfo, Outcome
 from zeropod_core.procfs import is_alive, process_start
 from zeropod_core.providers import RestoredProcess, RuntimeHandle
 
-from . import direct, dumprecord, eager, lazy, masked, runcstate, tmpfs
+from . import direct, dumprecord, eager, lazy, live, masked, runcstate, tmpfs
 from .criuconf import CRIU_CONFIG_ANNOTATION, CriuConfig, write_config
 from .criulog import TAIL_LINES, log_tail, read_stats
 from .freezer import FreezeError, Freezer
@@ -302,6 +302,9 @@ class CriuCheckpointer:
         if not self.paths.has_image():
             raise CriuRestoreError(f"no checkpoint image of {cid} in {self.paths.snapshot}")
         await self._wait_dumped_reaped()
+        page_server = live.remote_page_server(self.paths.snapshot)
+        if page_server is not None:  # arrived live: the pages are still on the source
+            return await live.restore_remote(self, page_server, start)
         image, self._direct = self._direct, None
         if image is not None:
             restored = await self._direct_restore(image, start)
@@ -309,7 +312,9 @@ class CriuCheckpointer:
                 return restored
         return await self._runc_restore(start)
 
-    async def _runc_restore(self, start: float) -> RestoredProcess:
+    async def _runc_restore(self, start: float, *, lazy_pages: bool = False) -> RestoredProcess:
+        """``lazy_pages``: a lazy-pages daemon listens in the work dir (it owns the images
+        until it exits, so they stay)."""
         cid = self.container.id
         self.paths.pid_file.unlink(missing_ok=True)
         netns = await self._adopt_dump_record()
@@ -321,7 +326,8 @@ class CriuCheckpointer:
             result = await self.runtime.runc(
                 "restore", "--detach", "--image-path", str(self.paths.snapshot),
                 "--work-path", str(self.paths.work), "--bundle", str(self.runtime.bundle),
-                "--pid-file", str(self.paths.pid_file), *self._common_flags(), cid,
+                "--pid-file", str(self.paths.pid_file), *self._common_flags(),
+                *(["--lazy-pages"] if lazy_pages else []), cid,
                 stdio=stdio, timeout_s=self.settings.timeout_s, netns=netns)
         finally:
             stdio.close()
@@ -342,8 +348,10 @@ class CriuCheckpointer:
         duration = time.monotonic() - start
         stats = read_stats([self.paths.work / "stats-restore",
                             self.paths.snapshot / "stats-restore"])
-        await asyncio.to_thread(self.paths.remove_images)
+        if not lazy_pages:
+            await asyncio.to_thread(self.paths.remove_images)
         log.info("restored", extra={"container": cid, "pid": pid, "path": "runc",
+                                    "lazy": lazy_pages,
                                     "duration_ms": round(duration * 1e3, 1),
                                     "restore_time_us": stats.get("restore_time")})
         return RestoredProcess(pid, Outcome(ok=True, duration_s=duration, stats=stats))
@@ -384,6 +392,11 @@ class CriuCheckpointer:
             if ns.get("type") == "network" and ns.get("path"):
                 return str(ns["path"])
         return None
+
+    async def live_dump(self, page_server_port: int,
+                        ready: Callable[[Outcome], None]) -> Outcome:
+        """Hand the container over to another node live (see .live)."""
+        return await live.hand_over(self, page_server_port, ready)
 
     async def discard(self) -> None:
         self._dumped = None
@@ -598,8 +611,9 @@ class CriuCheckpointer:
                 await task
         await self._wait_lazy_copy()
 
-    async def _finish_lazy_copy(self, daemon: lazy.LazyDaemon, state: runcstate.RuncState,
-                                pid: int, start: float) -> None:
+    async def _finish_lazy_copy(self, daemon: lazy.LazyDaemon,
+                                state: runcstate.RuncState | None, pid: int,
+                                start: float) -> None:
         """Wait for the lazy-pages daemon; remove the images, or kill an incomplete app."""
         cid = self.container.id
         try:
@@ -618,7 +632,8 @@ class CriuCheckpointer:
                   "container (images kept)", extra={
                       "container": cid, "pid": pid, "status": status,
                       "log_tail": log_tail(self.paths.work / "lazy-pages.log", TAIL_LINES)})
-        await asyncio.to_thread(direct.kill_cgroup_members, state.cgroup_dirs)
+        if state is not None:
+            await asyncio.to_thread(direct.kill_cgroup_members, state.cgroup_dirs)
 
     async def _wait_lazy_copy(self) -> None:
         """A new dump waits until a lazy restore has all its memory back."""

@@ -65,7 +65,7 @@ class DumpOptions:
     log_level: int = 4
 
 
-async def _call(swrk: Swrk, request: rpc.criu_req, images: Path, work: Path,
+async def call(swrk: Swrk, request: rpc.criu_req, images: Path, work: Path,
                 state: RuncState, log_file: str, log_level: int, file_locks: bool,
                 ext_unix_sk: bool) -> rpc.criu_resp:
     """Fill the options both requests share and send ``request``.
@@ -104,6 +104,29 @@ def write_descriptors(images: Path, pid: int) -> None:
         os.close(fd)
 
 
+def dump_request(state: RuncState, pid: int, options: DumpOptions, mounts: DumpMounts, *,
+                 in_pod_netns: bool = True) -> rpc.criu_req:
+    """The DUMP request of ``pid`` (also the base of a lazy dump, see .live).
+
+    ``in_pod_netns``: CRIU runs in the network namespace the spec names by path (the pod's,
+    see :func:`dump`); otherwise that namespace is declared external, as runc does (a lazy
+    dump's page server must listen where the node's manager can reach it).
+    """
+    msgs = messages()
+    request: rpc.criu_req = msgs.criu_req(type=msgs.DUMP)
+    opts = request.opts
+    opts.pid = pid
+    opts.root = state.rootfs
+    if options.freezer_dir is not None:
+        opts.freeze_cgroup = str(options.freezer_dir)
+    netns = state.netns_path
+    if netns and not in_pod_netns:
+        opts.external.append(f"net[{os.stat(netns).st_ino}]:extRootNetNS")
+    for mount in mounts.external:
+        opts.ext_mnt.add(key=mount.key, val=mount.val)
+    return request
+
+
 async def dump(state: RuncState, pid: int, options: DumpOptions,
                swrk: Swrk | None = None, *, mounts: DumpMounts | None = None,
                ) -> list[tuple[str, Path]]:
@@ -124,30 +147,18 @@ async def dump(state: RuncState, pid: int, options: DumpOptions,
     the process running, frozen as it was).
     """
     mounts = mounts or DumpMounts.read(state, pid)
-    cgroup_binds = mounts.cgroup_binds
     write_descriptors(options.images, pid)
-    msgs = messages()
-    request: rpc.criu_req = msgs.criu_req(type=msgs.DUMP)
-    opts = request.opts
-    opts.pid = pid
-    opts.root = state.rootfs
-    if options.freezer_dir is not None:
-        opts.freeze_cgroup = str(options.freezer_dir)
-    # CRIU inside the pod's network namespace does not dump it; the restore joins it again
-    # (``join_ns``), a ``runc restore`` fallback runs runc inside it
-    netns = state.netns_path
-    for mount in mounts.external:
-        opts.ext_mnt.add(key=mount.key, val=mount.val)
+    request = dump_request(state, pid, options, mounts)
     if swrk is None or not swrk.alive:
         if swrk is not None:
             swrk.close()
         try:
-            swrk = Swrk.spawn(options.criu, netns=netns)
+            swrk = Swrk.spawn(options.criu, netns=state.netns_path)
         except (SwrkError, OSError) as exc:
             raise DirectError(str(exc)) from exc
     try:
-        response = await _call(swrk, request, options.images, options.work, state, "dump.log",
-                               options.log_level, options.file_locks, options.ext_unix_sk)
+        response = await call(swrk, request, options.images, options.work, state, "dump.log",
+                              options.log_level, options.file_locks, options.ext_unix_sk)
     except (SwrkError, OSError) as exc:
         swrk.kill()
         raise DirectError(f"criu dump: {exc}") from exc
@@ -155,7 +166,7 @@ async def dump(state: RuncState, pid: int, options: DumpOptions,
         swrk.close()
     if not response.success:
         raise DirectError(f"criu dump failed: {response_error(response)}")
-    return cgroup_binds
+    return mounts.cgroup_binds
 
 
 @dataclass(frozen=True)
@@ -229,7 +240,7 @@ class PreparedRestore:
             # state directory) would otherwise delete the root file system through it.
             _bind(self.state.rootfs, self.criu_root)
             self.timings["request"] = time.monotonic()
-            response = await _call(self.swrk, request, self.images, self.work, self.state,
+            response = await call(self.swrk, request, self.images, self.work, self.state,
                                    "restore.log", log_level, file_locks, ext_unix_sk)
             self.timings["answer"] = time.monotonic()
             if response.success and lazy:  # it serves the app now: close() must spare it

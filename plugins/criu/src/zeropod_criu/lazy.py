@@ -52,10 +52,16 @@ class LazyDaemon:
     _ready: bool = False
 
     @classmethod
-    def spawn(cls, criu: str, images: Path, work: Path, log_level: int) -> LazyDaemon:
+    def spawn(cls, criu: str, images: Path, work: Path, log_level: int, *,
+              page_server: tuple[str, int] | None = None) -> LazyDaemon:
+        """``page_server``: fetch the pages from that page server (a live migration's
+        source, through the page-server proxy) instead of the local image."""
         (work / STATUS_FILE).unlink(missing_ok=True)
         (work / SOCKET_NAME).unlink(missing_ok=True)
-        command = (f"{shlex.quote(criu)} lazy-pages --images-dir {shlex.quote(str(images))} "
+        remote = (f"--page-server --address {shlex.quote(page_server[0])} "
+                  f"--port {int(page_server[1])} " if page_server else "")
+        command = (f"{shlex.quote(criu)} lazy-pages {remote}"
+                   f"--images-dir {shlex.quote(str(images))} "
                    f"--work-dir {shlex.quote(str(work))} --log-file lazy-pages.log "
                    f"-v{log_level} --status-fd {_STATUS_FD}; "
                    f"echo $? > {shlex.quote(str(work / STATUS_FILE))}")

@@ -3,7 +3,7 @@
 * ``zeropod.ctrox.dev/migrate: "<c1>,<c2>"``: these containers move to the replacement pod
   on another node while scaled down (their image travels; they are never started).
 * ``zeropod.ctrox.dev/live-migrate: "<container>"``: this running container moves live
-  (lazy pages; not implemented yet).
+  (lazy pages: see :mod:`.live`).
 * ``zeropod.ctrox.dev/disable-migrate-data: "true"``: the files the container wrote (its
   overlay upper dir) stay behind.
 
@@ -15,6 +15,14 @@ Files, below ``<image root>/<container id>/``:
 * ``snapshot/zeropod-migration.json`` (target node, written by the manager once an image is
   pulled and verified): the app's ports and where the image came from. Its presence is what
   makes the target shim start the container asleep.
+* ``.live/<key>/`` (target node, live migration, :func:`live_key`): the target manager
+  expects a live arrival; it pulls the image into ``.live/<key>/snapshot`` there, and the
+  target shim's ``Create`` waits for it (bounded) and moves it to its own folder. The
+  container can thus be created while the source still dumps.
+* ``snapshot/zeropod-live.json`` (target node, live migration): ``{"page_server": [host,
+  port]}``, the loopback end of the page-server proxy; the criu plugin's restore reads it
+  (``zeropod_criu.live.LIVE_FILE``) and fetches the pages from there, and the target shim
+  restores at once instead of waiting for a connection.
 """
 
 from __future__ import annotations
@@ -31,7 +39,19 @@ DISABLE_MIGRATE_DATA = PREFIX + "disable-migrate-data"
 
 SOURCE_FILE = "source.json"
 INCOMING_FILE = "zeropod-migration.json"
+LIVE_FILE = "zeropod-live.json"  # the same name as zeropod_criu.live.LIVE_FILE
+# <image root>/.live/<key>/: a live arrival the target manager expects (see live_key)
+LIVE_PENDING = ".live"
 UPPER = "upper"
+
+
+def live_key(pod_namespace: str, pod_name: str, container_name: str, container_id: str) -> str:
+    """The name both the target manager and the target shim know a live arrival by before
+    the container exists: ``<namespace>_<pod>_<container>`` under Kubernetes (the manager
+    knows the claimed target pod), the container id elsewhere (the lab names it)."""
+    if pod_name and container_name:
+        return f"{pod_namespace or 'default'}_{pod_name}_{container_name}"
+    return container_id
 
 
 def wants_migration(config: object, names: tuple[str, ...]) -> bool:

@@ -59,7 +59,7 @@ from .crd import (
 )
 from .handover import SNAPSHOT, HandOver, handover_root
 from .imagefs import TransferError
-from .receive import finish_incoming, receive_image
+from .receive import mark_received, receive_image
 from .service import check_image_id
 from .settings import MigrationSettings
 from .tls import NodeCredentials
@@ -535,7 +535,7 @@ class MigrationController:
                 raise TransferError(f"no handed-over image of {source.id} in {held}")
             snapshot = image_root / check_image_id(target_id) / SNAPSHOT
             await asyncio.to_thread(_adopt, held, snapshot)
-            ready = await asyncio.to_thread(finish_incoming, snapshot, f"local/{source.id}",
+            ready = await asyncio.to_thread(mark_received, snapshot, f"local/{source.id}",
                                             None)
             return {"ports": list(ready.ports), "source": f"local/{source.id}", "bytes": 0,
                     "wire_bytes": 0}

@@ -22,6 +22,7 @@ import logging
 import os
 import ssl
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from .tls import NodeCredentials
 
 log = logging.getLogger("zeropod.migration.pageproxy")
 
-BUFFER = 1 << 20
+BUFFER = 4 << 20  # send buffer per connection before reading pauses (CRIU's pipes)
 
 
 def tls_context(creds: NodeCredentials, *, server: bool) -> ssl.SSLContext:
@@ -50,22 +51,71 @@ def tls_context(creds: NodeCredentials, *, server: bool) -> ssl.SSLContext:
     return context
 
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
-    moved = 0
-    try:
-        while data := await reader.read(BUFFER):
-            writer.write(data)
-            moved += len(data)
-            await writer.drain()
-    except (ConnectionError, ssl.SSLError):
-        pass
-    finally:
-        with contextlib.suppress(Exception):
-            if writer.can_write_eof():
-                writer.write_eof()
-            else:
-                writer.close()
-    return moved
+class _Pipe(asyncio.Protocol):
+    """One end of a proxied connection: what it receives goes straight to its peer's
+    transport from the callback (no stream reader, no task hop: CRIU's lazy pages are
+    many small request/response round trips, so latency per hop is what counts). Back
+    pressure: when the peer's send buffer fills, this end stops reading."""
+
+    def __init__(self, count: Callable[[int], None]) -> None:
+        self.count = count
+        self.transport: asyncio.Transport | None = None
+        self.peer: _Pipe | None = None
+        self._early: list[bytes] = []
+        self._eof = False
+        self.made = asyncio.Event()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.set_write_buffer_limits(high=BUFFER)
+        self.transport = transport
+        self.made.set()
+
+    def link(self, peer: _Pipe) -> None:
+        """Join with ``peer``; what arrived before goes out now."""
+        self.peer = peer
+        assert peer.transport is not None
+        for data in self._early:
+            peer.transport.write(data)
+        self._early.clear()
+        if self._eof:
+            _end(peer.transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.count(len(data))
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.write(data)
+        else:
+            self._early.append(data)
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        if self.peer is not None and self.peer.transport is not None:
+            _end(self.peer.transport)
+        # keep the other direction open; a TLS transport cannot (asyncio closes it)
+        return self.transport is not None and \
+            self.transport.get_extra_info("sslcontext") is None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.close()
+
+    def pause_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.resume_reading()
+
+
+def _end(transport: asyncio.Transport) -> None:
+    """Pass an end of stream on: half-close where the transport can, else close."""
+    with contextlib.suppress(Exception):
+        if transport.can_write_eof():
+            transport.write_eof()
+        else:
+            transport.close()
 
 
 @dataclass
@@ -82,37 +132,48 @@ class _Proxy:
     connections: int = 0
     _server: asyncio.Server | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _transports: set[asyncio.Transport] = field(default_factory=set)
 
-    async def _open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _open_upstream(self, pipe: _Pipe) -> None:
+        """Connect ``pipe`` to the upstream (its transport is set once this returns)."""
         raise NotImplementedError
 
+    def _count_up(self, n: int) -> None:
+        self.bytes_up += n
+
+    def _count_down(self, n: int) -> None:
+        self.bytes_down += n
+
     async def start(self) -> int:
-        self._server = await asyncio.start_server(self._accepted, self.listen_host,
-                                                  self.listen_port, ssl=self.listen_tls)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._accepted, self.listen_host,
+                                                self.listen_port, ssl=self.listen_tls)
         self.listen_port = self._server.sockets[0].getsockname()[1]
         return self.listen_port
 
-    async def _accepted(self, reader: asyncio.StreamReader,
-                        writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
+    def _accepted(self) -> _Pipe:
+        client = _Pipe(self._count_up)
         self.connections += 1
+        task = asyncio.get_running_loop().create_task(self._connect(client))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return client
+
+    async def _connect(self, client: _Pipe) -> None:
+        await client.made.wait()  # the TLS handshake of an accepted connection
+        assert client.transport is not None
+        upstream = _Pipe(self._count_down)
         try:
-            try:
-                up_reader, up_writer = await self._open_upstream()
-            except (OSError, ssl.SSLError) as exc:
-                log.warning("page-server proxy cannot reach its upstream",
-                            extra={"error": str(exc)})
-                writer.close()
-                return
-            up, down = await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
-            self.bytes_up += up
-            self.bytes_down += down
-            for w in (writer, up_writer):
-                w.close()
-        finally:
-            self._tasks.discard(task)
+            await self._open_upstream(upstream)
+        except (OSError, ssl.SSLError) as exc:
+            log.warning("page-server proxy cannot reach its upstream",
+                        extra={"error": str(exc)})
+            client.transport.close()
+            return
+        assert upstream.transport is not None
+        self._transports.update((client.transport, upstream.transport))
+        client.link(upstream)
+        upstream.link(client)
 
     async def close(self) -> None:
         if self._server is not None:
@@ -122,6 +183,9 @@ class _Proxy:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for transport in self._transports:
+            transport.close()
+        self._transports.clear()
 
 
 class SourceProxy(_Proxy):
@@ -133,10 +197,12 @@ class SourceProxy(_Proxy):
         super().__init__(listen[0], listen[1], tls_context(creds, server=True), None)
         self.upstream = upstream
 
-    async def _open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _open_upstream(self, pipe: _Pipe) -> None:
+        loop = asyncio.get_running_loop()
         if isinstance(self.upstream, str):
-            return await asyncio.open_unix_connection(self.upstream, limit=BUFFER)
-        return await asyncio.open_connection(*self.upstream, limit=BUFFER)
+            await loop.create_unix_connection(lambda: pipe, self.upstream)
+        else:
+            await loop.create_connection(lambda: pipe, *self.upstream)
 
 
 class TargetProxy(_Proxy):
@@ -151,6 +217,6 @@ class TargetProxy(_Proxy):
                          server_name or remote[0])
         self.remote = remote
 
-    async def _open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await asyncio.open_connection(*self.remote, ssl=self.connect_tls,
-                                             server_hostname=self.server_name, limit=BUFFER)
+    async def _open_upstream(self, pipe: _Pipe) -> None:
+        await asyncio.get_running_loop().create_connection(
+            lambda: pipe, *self.remote, ssl=self.connect_tls, server_hostname=self.server_name)

@@ -45,9 +45,8 @@ async def receive_image(address: str, creds: NodeCredentials, source_id: str,
     snapshot = image_root / check_image_id(target_id) / IMAGE_SUBDIR
     result = await pull_image(address, creds, source_id, snapshot, compression=compression,
                               timeout_s=timeout_s)
-    return await asyncio.to_thread(finish_incoming, snapshot,
-                                   source_label or f"{address}/{source_id}",
-                                   result)
+    return await asyncio.to_thread(mark_received, snapshot,
+                                   source_label or f"{address}/{source_id}", result)
 
 
 def adopt_local_image(image_root: Path, source_id: str, target_id: str, *,
@@ -61,11 +60,12 @@ def adopt_local_image(image_root: Path, source_id: str, target_id: str, *,
     source.rename(snapshot)
     if upper_dir is not None and upper_dir.is_dir():
         shutil.copytree(upper_dir, snapshot / "upper", symlinks=True)
-    return finish_incoming(snapshot, f"local/{source_id}", None)
+    return mark_received(snapshot, f"local/{source_id}", None)
 
 
-def finish_incoming(snapshot: Path, source: str, pull: PullResult | None) -> Received:
-    """Leave the ports and the source with an image now in place: the target shim's cue."""
+def mark_received(snapshot: Path, source: str, pull: PullResult | None) -> Received:
+    """Write ``zeropod-migration.json`` (ports, source) into a complete image: from then on
+    the target shim takes it."""
     ports = listening_ports(snapshot)
     IncomingInfo(ports=ports, source=source).save(snapshot)
     log.info("migrated image ready", extra={"snapshot": str(snapshot), "ports": ports,

@@ -180,10 +180,19 @@ class PullResult:
         return self.raw_bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
 
 
+def open_channel(address: str, creds: NodeCredentials, server_name: str = "") -> grpc.aio.Channel:
+    """A mutual-TLS channel to the image service at ``address`` (use as ``async with``)."""
+    options: list[tuple[str, int | str]] = list(_OPTIONS)
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return grpc.aio.secure_channel(address, channel_credentials(creds), options=options)
+
+
 async def pull_image(address: str, creds: NodeCredentials, image_id: str, dest: Path, *,
                      compression: str = "auto", server_name: str = "",
                      on_chunk: Callable[[int], None] | None = None,
-                     timeout_s: float | None = None) -> PullResult:
+                     timeout_s: float | None = None,
+                     channel: grpc.aio.Channel | None = None) -> PullResult:
     """Pull ``image_id`` from the node at ``address`` (``host:port``) into ``dest``.
 
     ``dest`` appears only when the whole image arrived and every checksum matched; on any
@@ -193,16 +202,17 @@ async def pull_image(address: str, creds: NodeCredentials, image_id: str, dest: 
     :param server_name: the name to check the server's certificate against, when it is not
         the host part of ``address``.
     :param on_chunk: called with the number of chunks received so far (progress, tests).
+    :param channel: an open channel to ``address`` (:func:`open_channel`), so the TLS
+        handshake is already done (live migration opens it before the dump); not closed.
     """
     check_image_id(image_id)
-    options: list[tuple[str, int | str]] = list(_OPTIONS)
-    if server_name:
-        options.append(("grpc.ssl_target_name_override", server_name))
     receiver = await asyncio.to_thread(ImageReceiver, dest)
     started = time.monotonic()
     try:
-        async with grpc.aio.secure_channel(address, channel_credentials(creds),
-                                           options=options) as channel:
+        async with contextlib.AsyncExitStack() as stack:
+            if channel is None:
+                channel = await stack.enter_async_context(open_channel(address, creds,
+                                                                       server_name))
             stub = pb_grpc.ImageTransferStub(channel)  # type: ignore[no-untyped-call]
             call = stub.PullImage(pb.PullImageRequest(image_id=image_id,
                                                       compression=compression),

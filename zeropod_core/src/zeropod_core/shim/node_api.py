@@ -6,6 +6,8 @@ Served on ``<ZEROPOD_SOCKET_DIR>/<name of the shim's socket>.sock`` (default fol
 * ``Metrics``: per managed container, upstream's fields (last checkpoint/restore time and
   duration, running, error counts) plus the cumulative samples the shim's plugins report;
 * ``GetStatus``: a container's current phase;
+* ``LiveMigrate``: hands a running container over to another node live (a stream of
+  READY, then DONE or FAILED; see :meth:`NodeService.live_migrate`);
 * ``SubscribeStatus``: a stream of phase changes. Every subscriber gets every event through its
   own bounded queue; a subscriber that does not keep up loses its oldest events (logged)
   instead of slowing the shim down.
@@ -17,16 +19,18 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from zeropod_core import hookimpl, ttrpc
 from zeropod_core.api import ZEROPOD_SHIM_SERVICE, zeropod_shim
 from zeropod_core.hooks import ShimHooks
-from zeropod_core.model import ContainerStatus, Metric, Phase
+from zeropod_core.model import ContainerStatus, Metric, Outcome, Phase
 
 from .pbtime import duration, timestamp
 from .process import Container
+from .scaler import HandOverRefused
 
 log = logging.getLogger("zeropod.shim.node")
 
@@ -79,6 +83,7 @@ class NodeService:
                  hooks: ShimHooks) -> None:
         self._containers, self.hooks = containers, hooks
         self._subscribers: set[asyncio.Queue[Any]] = set()
+        self._handovers: set[asyncio.Task[None]] = set()
 
     # a plugin object: the shim's plugin manager hands us every phase change
     @hookimpl
@@ -138,6 +143,44 @@ class NodeService:
                 yield await queue.get()
         finally:
             self._subscribers.discard(queue)
+
+
+    async def live_migrate(self, ctx: ttrpc.CallContext, req: Any) -> AsyncIterator[Any]:
+        """Hand a running container over live (:meth:`Scaler.hand_over`): READY once its
+        memory-less image is written and CRIU's page server listens, DONE when every page
+        left; FAILED (with the error) otherwise."""
+        container = self._containers().get(req.id)
+        if container is None:
+            raise ttrpc.NotFound(f"container {req.id}: not found")
+        scaler = container.scaler
+        if scaler is None:
+            raise ttrpc.FailedPrecondition(f"container {req.id}: not managed by zeropod")
+        if not 0 < req.page_server_port < 65536:
+            raise ttrpc.InvalidArgument(f"page_server_port {req.page_server_port}: not a port")
+        events: asyncio.Queue[Any] = asyncio.Queue()
+        stage = zeropod_shim.LiveMigrateEvent
+
+        def ready(outcome: Outcome) -> None:
+            events.put_nowait(stage(stage=stage.READY, time=timestamp(time.time()),
+                                    image_bytes=outcome.image_bytes,
+                                    duration=duration(outcome.duration_s)))
+
+        async def run() -> None:
+            try:
+                outcome = await scaler.hand_over(req.page_server_port, ready)
+            except HandOverRefused as exc:
+                outcome = Outcome(ok=False, duration_s=0.0, error=str(exc))
+            events.put_nowait(stage(
+                stage=stage.DONE if outcome.ok else stage.FAILED, time=timestamp(time.time()),
+                duration=duration(outcome.duration_s), error=outcome.error))
+            events.put_nowait(None)
+
+        # the hand-over goes on when the caller goes away: the target may still need pages
+        task = asyncio.get_running_loop().create_task(run(), name=f"live-migrate-{req.id}")
+        self._handovers.add(task)
+        task.add_done_callback(self._handovers.discard)
+        while (event := await events.get()) is not None:
+            yield event
 
 
 class NodeApi:

@@ -30,7 +30,13 @@ from zeropod_core.activator import Activator, ActivatorSettings
 from zeropod_core.hooks import ShimHooks
 from zeropod_core.model import ContainerInfo, ContainerStatus, Outcome, Phase, Trigger
 from zeropod_core.ports import listening_ports
-from zeropod_core.providers import ActivityTracker, Checkpointer, Redirector, RestoredProcess
+from zeropod_core.providers import (
+    ActivityTracker,
+    Checkpointer,
+    LiveCheckpointer,
+    Redirector,
+    RestoredProcess,
+)
 
 log = logging.getLogger("zeropod.scaler")
 
@@ -78,6 +84,10 @@ class ScalerSettings:
 def _number(values: Mapping[str, object], key: str, default: float) -> float:
     value = values.get(key)
     return float(value) if isinstance(value, int | float) else default
+
+
+class HandOverRefused(RuntimeError):
+    """A live migration the container cannot do (not running, no live checkpointer)."""
 
 
 class RestoreFailed(RuntimeError):
@@ -132,6 +142,8 @@ class Scaler:
         self._expected_exits: dict[int, asyncio.Future[None]] = {}
         self._restoring: asyncio.Task[None] | None = None
         self._stopped = False
+        # the container moved live to another node (hand_over): never restored here
+        self.handed_over = False
 
     # --- wiring ------------------------------------------------------------------------------
 
@@ -166,6 +178,16 @@ class Scaler:
         self.phase = Phase.SCALED_DOWN
         self.ports = list(self.settings.ports or ports)
         await self._set_up_asleep()
+
+    async def begin_live(self, ports: Sequence[int]) -> None:
+        """The container arrived live from another node (nothing runs yet, its pages are
+        still on the source): restore it at once, then scale to zero as after a start. No
+        activator first: the app answers itself within the restore's time."""
+        self.phase = Phase.SCALED_DOWN
+        self.ports = list(self.settings.ports or ports)
+        await self.restore(Trigger.MIGRATION)
+        if self.phase is Phase.RUNNING:
+            self.begin()
 
     async def _set_up_asleep(self) -> None:
         async with self.lock:  # a wake-up by exec waits until the redirect is in place
@@ -264,16 +286,22 @@ class Scaler:
             future.set_result(None)
         return True
 
+    async def _enter_dump(self) -> tuple[int, asyncio.Future[None]]:
+        """Under the lock, before a dump: CHECKPOINTING, the redirect on, the plugins told,
+        and the init's exit to come expected (swallowed). Returns its PID and that exit."""
+        self.phase = Phase.CHECKPOINTING
+        if self.redirector is not None and self.activator is not None:
+            await self.redirector.redirect(self.ports)
+        self.hooks.before_checkpoint(self.info)
+        pid = self._init_pid()
+        exited = self._expected_exits[pid] = asyncio.get_running_loop().create_future()
+        return pid, exited
+
     async def scale_down(self) -> None:
         async with self.lock:
             if self.phase is not Phase.RUNNING or self._stopped or self.paused:
                 return  # a paused container is armed again when it is resumed
-            self.phase = Phase.CHECKPOINTING
-            if self.redirector is not None and self.activator is not None:
-                await self.redirector.redirect(self.ports)
-            self.hooks.before_checkpoint(self.info)
-            pid = self._init_pid()
-            exited = self._expected_exits[pid] = asyncio.get_running_loop().create_future()
+            pid, exited = await self._enter_dump()
             started = time.monotonic()
             try:
                 outcome = await self.checkpointer.checkpoint()
@@ -302,6 +330,56 @@ class Scaler:
             self._checkpoint_failed(outcome)
             self._publish(Phase.CHECKPOINT_FAILED, outcome.duration_s, outcome.log_tail)
         self.arm()
+
+    async def hand_over(self, page_server_port: int,
+                        ready: Callable[[Outcome], None]) -> Outcome:
+        """Live migration's source side: a lazy dump through the checkpointer (a
+        :class:`~zeropod_core.providers.LiveCheckpointer`), pages served on
+        ``127.0.0.1:page_server_port``; returns when the target has every page. The container
+        is then scaled down for good: its process is gone, a wake-up here does nothing (the
+        app runs on the other node) and Kill ends it. Raises :class:`HandOverRefused` when the
+        container is not running or its checkpointer cannot dump live; a failure before
+        ``ready`` leaves the app running here."""
+        live = self.checkpointer
+        if not isinstance(live, LiveCheckpointer):
+            raise HandOverRefused(f"container {self.info.id}: its checkpointer "
+                                  f"({type(live).__name__}) cannot dump live")
+        async with self.lock:
+            if self.phase is not Phase.RUNNING or self._stopped:
+                raise HandOverRefused(f"container {self.info.id} is {self.phase.value}, "
+                                      "not running")
+            if self._timer is not None:
+                self._timer.cancel()
+            pid, exited = await self._enter_dump()
+            started = time.monotonic()
+            try:
+                outcome = await live.live_dump(page_server_port, ready)
+            except Exception as exc:
+                log.exception("live dump raised", extra={"container": self.info.id})
+                outcome = Outcome(ok=False, duration_s=time.monotonic() - started,
+                                  error=str(exc))
+            self.last_checkpoint = outcome
+            if outcome.ok:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(exited), EXIT_WAIT_S)
+                self.last_checkpoint_at = time.time()
+                self.phase = Phase.SCALED_DOWN
+                self.handed_over = True
+                log.info("handed over live", extra={
+                    "container": self.info.id, "duration_s": round(outcome.duration_s, 4)})
+                self._publish(Phase.SCALED_DOWN, outcome.duration_s)
+                return outcome
+            self._expected_exits.pop(pid, None)
+            self.checkpoint_errors += 1
+            if self.redirector is not None and self.activator is not None:
+                await self.redirector.release(self.ports)
+            self.phase = Phase.RUNNING
+            log.error("live migration failed, the app keeps running here", extra={
+                "container": self.info.id, "error": outcome.error,
+                "log_tail": outcome.log_tail})
+            self._publish(Phase.CHECKPOINT_FAILED, outcome.duration_s, outcome.log_tail)
+        self.arm()
+        return outcome
 
     def _checkpoint_failed(self, outcome: Outcome) -> None:
         """Retry later with a back-off, or give up on checkpoints after too many failures."""
@@ -337,6 +415,11 @@ class Scaler:
     async def _restore(self, trigger: Trigger) -> None:
         async with self.lock:
             if self.phase is not Phase.SCALED_DOWN:
+                return
+            if self.handed_over:
+                log.warning("a wake-up of a container that moved live to another node: "
+                            "nothing to restore here", extra={"container": self.info.id,
+                                                              "trigger": trigger.value})
                 return
             self.phase = Phase.RESTORING
             self.hooks.before_restore(self.info, trigger)

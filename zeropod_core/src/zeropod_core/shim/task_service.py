@@ -121,6 +121,7 @@ class TaskService:
                  hooks: ShimHooks, on_shutdown: Callable[[], None]) -> None:
         self.config, self.reaper, self.publisher, self.hooks = config, reaper, publisher, hooks
         self.containers: dict[str, Container] = {}
+        self._arrivals: set[asyncio.Task[None]] = set()  # live arrivals being restored
         self._on_shutdown = on_shutdown
 
     # --- helpers ----------------------------------------------------------------------------
@@ -464,13 +465,26 @@ class TaskService:
                     process.state = State.RUNNING
                 self.publisher.publish(events.TaskStart(container_id=req.id, pid=process.pid))
                 if container.scaler is not None and process.state is State.RUNNING:
-                    if container.incoming is not None:
+                    if container.incoming is not None and container.incoming.wake:
+                        self._begin_live(container.scaler, container.incoming.ports)
+                    elif container.incoming is not None:
                         await container.scaler.begin_asleep(container.incoming.ports)
                     else:
                         container.scaler.begin()
             else:
                 await self._start_exec(container, process)
         return task.StartResponse(pid=process.pid)
+
+    def _begin_live(self, scaler: Scaler, ports: tuple[int, ...]) -> None:
+        """Restore a container that arrived live at once (its pages stream in meanwhile),
+        after ``Start`` has answered."""
+        async def wake() -> None:
+            with contextlib.suppress(RestoreFailed):  # logged; the container exits
+                await scaler.begin_live(ports)
+
+        task = asyncio.get_running_loop().create_task(wake(), name=f"live-{scaler.info.id}")
+        self._arrivals.add(task)
+        task.add_done_callback(self._arrivals.discard)
 
     async def _start_exec(self, container: Container, process: Process) -> None:
         spec_file = container.bundle / f"{process.exec_id}.process.json"

@@ -27,7 +27,7 @@ from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1azeropod/shim/v1/shim.proto\x12\x0fzeropod.shim.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"7\n\x0eMetricsRequest\x12%\n\x05\x65mpty\x18\x01 \x01(\x0b\x32\x16.google.protobuf.Empty\"?\n\x16SubscribeStatusRequest\x12%\n\x05\x65mpty\x18\x01 \x01(\x0b\x32\x16.google.protobuf.Empty\"E\n\x0fMetricsResponse\x12\x32\n\x07metrics\x18\x01 \x03(\x0b\x32!.zeropod.shim.v1.ContainerMetrics\"\x1e\n\x10\x43ontainerRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x8b\x02\n\x0f\x43ontainerStatus\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08pod_name\x18\x03 \x01(\t\x12\x15\n\rpod_namespace\x18\x04 \x01(\t\x12.\n\x05phase\x18\x05 \x01(\x0e\x32\x1f.zeropod.shim.v1.ContainerPhase\x12.\n\nevent_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x0e\x65vent_duration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tevent_log\x18\x08 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\t \x01(\x08\"\xb4\x04\n\x10\x43ontainerMetrics\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08pod_name\x18\x02 \x01(\t\x12\x15\n\rpod_namespace\x18\x03 \x01(\t\x12\x33\n\x0flast_checkpoint\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_restore\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12;\n\x18last_checkpoint_duration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x38\n\x15last_restore_duration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07running\x18\x08 \x01(\x08\x12\x19\n\x11\x63heckpoint_errors\x18\t \x01(\x03\x12\x16\n\x0erestore_errors\x18\n \x01(\x03\x12\x1b\n\x13\x64ry_run_scale_downs\x18\x0b \x01(\x03\x12\x18\n\x10\x64ry_run_restores\x18\x0c \x01(\x03\x12\x0f\n\x07\x64ry_run\x18\r \x01(\x08\x12\n\n\x02id\x18\x64 \x01(\t\x12(\n\x07samples\x18\x65 \x03(\x0b\x32\x17.zeropod.shim.v1.Sample\x12\x13\n\x0bimage_bytes\x18\x66 \x01(\x03\x12\x34\n\x11last_wake_latency\x18g \x01(\x0b\x32\x19.google.protobuf.Duration\"\xd4\x01\n\x06Sample\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x33\n\x06labels\x18\x04 \x03(\x0b\x32#.zeropod.shim.v1.Sample.LabelsEntry\x12\x15\n\rbucket_bounds\x18\x05 \x03(\x01\x12\x15\n\rbucket_counts\x18\x06 \x03(\x04\x12\r\n\x05\x63ount\x18\x07 \x01(\x04\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*g\n\x0e\x43ontainerPhase\x12\x0f\n\x0bSCALED_DOWN\x10\x00\x12\x0b\n\x07RUNNING\x10\x01\x12\x0c\n\x08STOPPING\x10\x02\x12\x15\n\x11\x43HECKPOINT_FAILED\x10\x03\x12\x12\n\x0eRESTORE_FAILED\x10\x04\x32\x86\x02\n\x04Shim\x12L\n\x07Metrics\x12\x1f.zeropod.shim.v1.MetricsRequest\x1a .zeropod.shim.v1.MetricsResponse\x12P\n\tGetStatus\x12!.zeropod.shim.v1.ContainerRequest\x1a .zeropod.shim.v1.ContainerStatus\x12^\n\x0fSubscribeStatus\x12\'.zeropod.shim.v1.SubscribeStatusRequest\x1a .zeropod.shim.v1.ContainerStatus0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1azeropod/shim/v1/shim.proto\x12\x0fzeropod.shim.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\":\n\x12LiveMigrateRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x18\n\x10page_server_port\x18\x02 \x01(\x05\"\xef\x01\n\x10LiveMigrateEvent\x12\x36\n\x05stage\x18\x01 \x01(\x0e\x32\'.zeropod.shim.v1.LiveMigrateEvent.Stage\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bimage_bytes\x18\x03 \x01(\x03\x12+\n\x08\x64uration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"(\n\x05Stage\x12\t\n\x05READY\x10\x00\x12\x08\n\x04\x44ONE\x10\x01\x12\n\n\x06\x46\x41ILED\x10\x02\"7\n\x0eMetricsRequest\x12%\n\x05\x65mpty\x18\x01 \x01(\x0b\x32\x16.google.protobuf.Empty\"?\n\x16SubscribeStatusRequest\x12%\n\x05\x65mpty\x18\x01 \x01(\x0b\x32\x16.google.protobuf.Empty\"E\n\x0fMetricsResponse\x12\x32\n\x07metrics\x18\x01 \x03(\x0b\x32!.zeropod.shim.v1.ContainerMetrics\"\x1e\n\x10\x43ontainerRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x8b\x02\n\x0f\x43ontainerStatus\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08pod_name\x18\x03 \x01(\t\x12\x15\n\rpod_namespace\x18\x04 \x01(\t\x12.\n\x05phase\x18\x05 \x01(\x0e\x32\x1f.zeropod.shim.v1.ContainerPhase\x12.\n\nevent_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x0e\x65vent_duration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tevent_log\x18\x08 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\t \x01(\x08\"\xb4\x04\n\x10\x43ontainerMetrics\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08pod_name\x18\x02 \x01(\t\x12\x15\n\rpod_namespace\x18\x03 \x01(\t\x12\x33\n\x0flast_checkpoint\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clast_restore\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12;\n\x18last_checkpoint_duration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x38\n\x15last_restore_duration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07running\x18\x08 \x01(\x08\x12\x19\n\x11\x63heckpoint_errors\x18\t \x01(\x03\x12\x16\n\x0erestore_errors\x18\n \x01(\x03\x12\x1b\n\x13\x64ry_run_scale_downs\x18\x0b \x01(\x03\x12\x18\n\x10\x64ry_run_restores\x18\x0c \x01(\x03\x12\x0f\n\x07\x64ry_run\x18\r \x01(\x08\x12\n\n\x02id\x18\x64 \x01(\t\x12(\n\x07samples\x18\x65 \x03(\x0b\x32\x17.zeropod.shim.v1.Sample\x12\x13\n\x0bimage_bytes\x18\x66 \x01(\x03\x12\x34\n\x11last_wake_latency\x18g \x01(\x0b\x32\x19.google.protobuf.Duration\"\xd4\x01\n\x06Sample\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x33\n\x06labels\x18\x04 \x03(\x0b\x32#.zeropod.shim.v1.Sample.LabelsEntry\x12\x15\n\rbucket_bounds\x18\x05 \x03(\x01\x12\x15\n\rbucket_counts\x18\x06 \x03(\x04\x12\r\n\x05\x63ount\x18\x07 \x01(\x04\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*g\n\x0e\x43ontainerPhase\x12\x0f\n\x0bSCALED_DOWN\x10\x00\x12\x0b\n\x07RUNNING\x10\x01\x12\x0c\n\x08STOPPING\x10\x02\x12\x15\n\x11\x43HECKPOINT_FAILED\x10\x03\x12\x12\n\x0eRESTORE_FAILED\x10\x04\x32\xdf\x02\n\x04Shim\x12L\n\x07Metrics\x12\x1f.zeropod.shim.v1.MetricsRequest\x1a .zeropod.shim.v1.MetricsResponse\x12P\n\tGetStatus\x12!.zeropod.shim.v1.ContainerRequest\x1a .zeropod.shim.v1.ContainerStatus\x12^\n\x0fSubscribeStatus\x12\'.zeropod.shim.v1.SubscribeStatusRequest\x1a .zeropod.shim.v1.ContainerStatus0\x01\x12W\n\x0bLiveMigrate\x12#.zeropod.shim.v1.LiveMigrateRequest\x1a!.zeropod.shim.v1.LiveMigrateEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,24 +36,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SAMPLE_LABELSENTRY']._loaded_options = None
   _globals['_SAMPLE_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_CONTAINERPHASE']._serialized_start=1418
-  _globals['_CONTAINERPHASE']._serialized_end=1521
-  _globals['_METRICSREQUEST']._serialized_start=141
-  _globals['_METRICSREQUEST']._serialized_end=196
-  _globals['_SUBSCRIBESTATUSREQUEST']._serialized_start=198
-  _globals['_SUBSCRIBESTATUSREQUEST']._serialized_end=261
-  _globals['_METRICSRESPONSE']._serialized_start=263
-  _globals['_METRICSRESPONSE']._serialized_end=332
-  _globals['_CONTAINERREQUEST']._serialized_start=334
-  _globals['_CONTAINERREQUEST']._serialized_end=364
-  _globals['_CONTAINERSTATUS']._serialized_start=367
-  _globals['_CONTAINERSTATUS']._serialized_end=634
-  _globals['_CONTAINERMETRICS']._serialized_start=637
-  _globals['_CONTAINERMETRICS']._serialized_end=1201
-  _globals['_SAMPLE']._serialized_start=1204
-  _globals['_SAMPLE']._serialized_end=1416
-  _globals['_SAMPLE_LABELSENTRY']._serialized_start=1371
-  _globals['_SAMPLE_LABELSENTRY']._serialized_end=1416
-  _globals['_SHIM']._serialized_start=1524
-  _globals['_SHIM']._serialized_end=1786
+  _globals['_CONTAINERPHASE']._serialized_start=1720
+  _globals['_CONTAINERPHASE']._serialized_end=1823
+  _globals['_LIVEMIGRATEREQUEST']._serialized_start=141
+  _globals['_LIVEMIGRATEREQUEST']._serialized_end=199
+  _globals['_LIVEMIGRATEEVENT']._serialized_start=202
+  _globals['_LIVEMIGRATEEVENT']._serialized_end=441
+  _globals['_LIVEMIGRATEEVENT_STAGE']._serialized_start=401
+  _globals['_LIVEMIGRATEEVENT_STAGE']._serialized_end=441
+  _globals['_METRICSREQUEST']._serialized_start=443
+  _globals['_METRICSREQUEST']._serialized_end=498
+  _globals['_SUBSCRIBESTATUSREQUEST']._serialized_start=500
+  _globals['_SUBSCRIBESTATUSREQUEST']._serialized_end=563
+  _globals['_METRICSRESPONSE']._serialized_start=565
+  _globals['_METRICSRESPONSE']._serialized_end=634
+  _globals['_CONTAINERREQUEST']._serialized_start=636
+  _globals['_CONTAINERREQUEST']._serialized_end=666
+  _globals['_CONTAINERSTATUS']._serialized_start=669
+  _globals['_CONTAINERSTATUS']._serialized_end=936
+  _globals['_CONTAINERMETRICS']._serialized_start=939
+  _globals['_CONTAINERMETRICS']._serialized_end=1503
+  _globals['_SAMPLE']._serialized_start=1506
+  _globals['_SAMPLE']._serialized_end=1718
+  _globals['_SAMPLE_LABELSENTRY']._serialized_start=1673
+  _globals['_SAMPLE_LABELSENTRY']._serialized_end=1718
+  _globals['_SHIM']._serialized_start=1826
+  _globals['_SHIM']._serialized_end=2177
 # @@protoc_insertion_point(module_scope)

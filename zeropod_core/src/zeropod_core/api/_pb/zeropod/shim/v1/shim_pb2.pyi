@@ -26,6 +26,36 @@ STOPPING: ContainerPhase
 CHECKPOINT_FAILED: ContainerPhase
 RESTORE_FAILED: ContainerPhase
 
+class LiveMigrateRequest(_message.Message):
+    __slots__ = ("id", "page_server_port")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SERVER_PORT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    page_server_port: int
+    def __init__(self, id: _Optional[str] = ..., page_server_port: _Optional[int] = ...) -> None: ...
+
+class LiveMigrateEvent(_message.Message):
+    __slots__ = ("stage", "time", "image_bytes", "duration", "error")
+    class Stage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        READY: _ClassVar[LiveMigrateEvent.Stage]
+        DONE: _ClassVar[LiveMigrateEvent.Stage]
+        FAILED: _ClassVar[LiveMigrateEvent.Stage]
+    READY: LiveMigrateEvent.Stage
+    DONE: LiveMigrateEvent.Stage
+    FAILED: LiveMigrateEvent.Stage
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DURATION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    stage: LiveMigrateEvent.Stage
+    time: _timestamp_pb2.Timestamp
+    image_bytes: int
+    duration: _duration_pb2.Duration
+    error: str
+    def __init__(self, stage: _Optional[_Union[LiveMigrateEvent.Stage, str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., image_bytes: _Optional[int] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
+
 class MetricsRequest(_message.Message):
     __slots__ = ("empty",)
     EMPTY_FIELD_NUMBER: _ClassVar[int]
