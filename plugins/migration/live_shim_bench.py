@@ -24,9 +24,9 @@ per round; this process stands in for the two managers' orchestration
 6. the source container is deleted: nothing of it may be left on its node.
 
 "freeze" is (2) -> (5)'s first answer; "total" runs from (3) to DONE. The nodes run with
-``ZEROPOD_CRIU_MASKED_EXTERNAL=false`` and ``ZEROPOD_CRIU_TMPFS_EXTERNAL=false`` (see
-docs/migration.md). ``fs.pipe-max-size`` is raised to 4 MiB for the run (CRIU's page server
-pipes) and put back.
+the criu plugin's defaults (the mounts the dump declared external travel in the image's
+``zeropod-dump.json``). ``fs.pipe-max-size`` is raised to 4 MiB for the run (CRIU's page
+server pipes) and put back.
 """
 
 from __future__ import annotations
@@ -60,7 +60,6 @@ from zeropod_migration.live import (
 from zeropod_migration.tls import ClusterCA, NodeCredentials
 
 LIVE_MIGRATE = "zeropod.ctrox.dev/live-migrate"
-NODE_ENV = {"ZEROPOD_CRIU_MASKED_EXTERNAL": "false", "ZEROPOD_CRIU_TMPFS_EXTERNAL": "false"}
 PORT = 8080
 NOTE = "/live-note.txt"
 PIPE_MAX_SIZE = Path("/proc/sys/fs/pipe-max-size")
@@ -102,7 +101,7 @@ def two_nodes(prefix: str = "zeropod-live") -> Iterator[tuple[Node, Node]]:
     try:
         for name in ("node-a", "node-b"):
             base = lab_base(f"{prefix}-{name}")
-            containerd = PrivateContainerd.start(base, env=NODE_ENV)
+            containerd = PrivateContainerd.start(base)
             net = PodNetwork.create("zplv")
             node = Node(name, containerd, None, ca.issue(name, ["127.0.0.1"]),  # type: ignore[arg-type]
                         free_loopback_port(), net)

@@ -11,9 +11,8 @@ and after every round the counter continues, ``/crc`` checks all the memory, the
 task, image folder or CRIU process). The rounds are ``plugins/migration/live_shim_bench.py``'s,
 which also prints the freeze times.
 
-The nodes run with ``ZEROPOD_CRIU_MASKED_EXTERNAL=false`` and
-``ZEROPOD_CRIU_TMPFS_EXTERNAL=false`` (see docs/migration.md); ``fs.pipe-max-size`` is raised
-to CRIU's 4 MiB page-server pipes for the module and put back.
+The nodes run with the criu plugin's defaults; ``fs.pipe-max-size`` is raised to CRIU's
+4 MiB page-server pipes for the module and put back.
 """
 
 from __future__ import annotations
