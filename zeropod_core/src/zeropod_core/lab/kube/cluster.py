@@ -3,8 +3,9 @@
 ``KubeCluster.start()`` returns once every node is Ready and pods can be admitted (the
 ``default`` ServiceAccount has its token); ``stop()`` leaves the machine as it was: processes
 stopped by PID, the nodes' namespaces gone (and with them every pod mount and node link), the
-lab bridge and cgroups deleted, the folder removed. Pods use images imported offline (``imagePullPolicy:
-Never``); the sandbox image is built from the ``pause`` that scripts/build-k8s compiled.
+lab bridge and cgroups deleted, the folder removed. Pods use images imported offline
+(``imagePullPolicy: Never``); the sandbox image is built from the ``pause`` that
+scripts/build-k8s compiled.
 """
 
 from __future__ import annotations
