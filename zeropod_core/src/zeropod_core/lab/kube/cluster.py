@@ -16,7 +16,7 @@ import secrets
 import shutil
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,7 +70,8 @@ class KubeCluster:
     def start(cls, base: Path | None = None, *, nodes: int = 1,
               runtimes: Sequence[CriRuntime] = (), node_subnet: str | None = None,
               pod_range: str = DEFAULT_POD_RANGE,
-              app_images: Sequence[images.ImageSpec] | None = None, debug: bool = False,
+              app_images: Sequence[images.ImageSpec] | None = None,
+              node_env: Mapping[str, str] | None = None, debug: bool = False,
               timeout: float = 120) -> KubeCluster:
         """Start the lab network, etcd, the apiserver, controller-manager, scheduler and
         ``nodes`` nodes; wait until every node is Ready and pods are admitted.
@@ -81,6 +82,8 @@ class KubeCluster:
             :func:`~zeropod_core.lab.kube.runtimes.zeropod_runtime`); RuntimeClasses can
             name them (:meth:`create_runtime_class`).
         :param node_subnet: the first node's pod /24 (default: a free one of ``pod_range``).
+        :param node_env: extra environment of every node's containerd and so of its shims
+            (e.g. ``ZEROPOD_CRIU_*`` settings).
         :raises FileNotFoundError: a binary is missing (the message says to run scripts/setup).
         """
         if nodes < 1:
@@ -110,7 +113,7 @@ class KubeCluster:
                 cluster.nodes.append(KubeNode.boot(
                     base / "nodes" / name, name, binaries, lab=lab, subnet=subnet,
                     pod_routes=pod_routes, sandbox_image=PAUSE_IMAGE,
-                    runtimes=runtimes, debug=debug))
+                    runtimes=runtimes, env=node_env, debug=debug))
             for node in cluster.nodes:
                 for peer in cluster.nodes:
                     if peer is not node:

@@ -24,7 +24,7 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,9 +122,13 @@ class KubeNode:
     def boot(cls, base: Path, name: str, binaries: KubeBinaries, *, lab: LabNetwork,
              subnet: ipaddress.IPv4Network, pod_routes: Sequence[ipaddress.IPv4Network],
              sandbox_image: str, runtimes: Sequence[CriRuntime] = (),
-             debug: bool = False) -> KubeNode:
+             env: Mapping[str, str] | None = None, debug: bool = False) -> KubeNode:
         """Create the node's namespaces, wire them to ``lab`` with the pod /24 ``subnet``,
-        create its cgroup root and start its containerd."""
+        create its cgroup root and start its containerd.
+
+        :param env: extra environment of containerd, which its shims inherit (e.g.
+            ``ZEROPOD_CRIU_*`` settings of the zeropod shim's plugins).
+        """
         started = time.monotonic()
         base.mkdir(parents=True, exist_ok=True)
         mounts = PrivateMounts.create(base / "mounts", network=True)
@@ -137,14 +141,15 @@ class KubeNode:
                    cgroup_root=f"zpk-{secrets.token_hex(4)}", runtimes=tuple(runtimes))
         try:
             create_cgroup_root(node.cgroup_root)
-            node._start_containerd(binaries, sandbox_image, debug)
+            node._start_containerd(binaries, sandbox_image, env or {}, debug)
         except BaseException:
             node.stop()
             raise
         node.phases["booted"] = time.monotonic() - started
         return node
 
-    def _start_containerd(self, binaries: KubeBinaries, sandbox_image: str, debug: bool) -> None:
+    def _start_containerd(self, binaries: KubeBinaries, sandbox_image: str,
+                          env: Mapping[str, str], debug: bool) -> None:
         assert self.mounts is not None
         cd = self.containerd_base
         for sub in ("root", "state", "opt/bin", "runc"):
@@ -162,7 +167,7 @@ class KubeNode:
         self.containerd = LabProcess.spawn(
             f"containerd of {self.name}",
             [*self.mounts.enter(), str(binaries.containerd), "--config", str(cd / "config.toml")],
-            self.base / "containerd.log", env=shim_env(cd))
+            self.base / "containerd.log", env={**shim_env(cd), **env})
         wait_until(f"containerd of {self.name}",
                    lambda: self.containerd_socket.exists()
                    and self.ctr.ctr("version", check=False).returncode == 0,
