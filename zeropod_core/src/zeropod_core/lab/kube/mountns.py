@@ -99,8 +99,8 @@ class PrivateMounts:
 
     @property
     def net_path(self) -> str:
-        """The network namespace (the host's unless created with ``network``)."""
-        return f"/proc/{self.holder.pid}/ns/net" if self.network else "/proc/1/ns/net"
+        """The holder's network namespace (the lab's own unless created with ``network``)."""
+        return f"/proc/{self.holder.pid}/ns/net"
 
     def enter(self) -> list[str]:
         """The argv prefix that runs a program inside this mount (and network) namespace."""
