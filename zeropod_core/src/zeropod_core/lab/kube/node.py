@@ -256,12 +256,20 @@ class KubeNode:
         """Resident memory of the node's own daemons (containerd, kubelet), not of pods."""
         return sum(p.rss_kib() for p in self.processes())
 
+    def stop_kubelet(self) -> None:
+        """Stop the kubelet (by PID); a no-op when it is not running."""
+        if self.kubelet is not None:
+            try:
+                self.kubelet.stop()
+            except Exception:
+                log.exception("stopping the kubelet failed", extra={"node": self.name})
+
     def stop(self) -> None:
         """Stop the kubelet, kill every container, stop containerd, end the namespaces (the
         node's links go with its network namespace), then remove the cgroup root and the
         host's end of the node's veth. Each step runs even if one before failed."""
         steps: list[tuple[str, Callable[[], object]]] = [
-            ("kubelet", lambda: self.kubelet.stop() if self.kubelet else None),
+            ("kubelet", self.stop_kubelet),
             ("containers", self._kill_containers),
             ("containerd", lambda: self.containerd.stop() if self.containerd else None),
             ("namespaces", lambda: self.mounts.stop() if self.mounts else None),
