@@ -89,6 +89,8 @@ WORKLOADS = [
              None, verify_memory=True, scaledown="5s", cold_start=False),
 ]
 BREAKDOWN = ("peek", "restore", "adopt+redirect off", "connect", "rest")
+# the direct dump's phases the criu plugin logs, then the scaler's own part of the scale-down
+CHECKPOINT_BREAKDOWN = ("prepare", "freeze", "mounts", "criu", "stats", "scaler")
 
 
 @dataclass
@@ -102,6 +104,8 @@ class Results:
     rss_asleep_kib: list[int] = field(default_factory=list)
     breakdown_s: dict[str, list[float]] = field(
         default_factory=lambda: {part: [] for part in BREAKDOWN})
+    checkpoint_breakdown_s: dict[str, list[float]] = field(
+        default_factory=lambda: {part: [] for part in CHECKPOINT_BREAKDOWN})
     memory_checks: int = 0
     memory_failures: int = 0
     lazy_restores: int = 0
@@ -143,6 +147,22 @@ def _breakdown(log: Path, container_id: str, wakes: list[float], results: Result
         results.lazy_restores += bool(restore.get("lazy"))
 
 
+def _checkpoint_breakdown(log: Path, container_id: str, results: Results) -> None:
+    """Split each counted scale-down into the criu plugin's logged phases and the rest."""
+    dumps = _events(log, "checkpointed", "zeropod.criu.checkpointer", container_id)[1:]
+    scaled = _events(log, "scaled down", container_id=container_id)[1:]
+    for dump, scale_down in zip(dumps, scaled, strict=False):
+        phases = {k: float(v) / 1e3 for k, v in (dump.get("phases_ms") or {}).items()}
+        plugin = float(dump["duration_ms"]) / 1e3
+        for part in CHECKPOINT_BREAKDOWN[:-2]:
+            if part in phases:
+                results.checkpoint_breakdown_s[part].append(phases[part])
+        if phases:
+            results.checkpoint_breakdown_s["stats"].append(max(0.0, plugin - sum(phases.values())))
+        results.checkpoint_breakdown_s["scaler"].append(
+            max(0.0, float(scale_down["duration_s"]) - plugin))
+
+
 def zeropod_cycles(workload: Workload, cycles: int, cold_cycles: int) -> Results:
     results = Results()
     daemon = PrivateContainerd.start(lab_base("zeropod-bench"))
@@ -179,6 +199,7 @@ def zeropod_cycles(workload: Workload, cycles: int, cold_cycles: int) -> Results
             results.checkpoint_s.append(float(event["duration_s"]))
             results.image_bytes.append(int(event["image_bytes"]))
         _breakdown(log, "bench-wake", results.wake_s, results)
+        _checkpoint_breakdown(log, "bench-wake", results)
         container.remove()
         if workload.cold_start:
             env = dict(workload.env)
@@ -262,6 +283,14 @@ def _stats(values: list[float], scale: float = 1e3) -> str:
     return f"{statistics.median(values) * scale:8.1f} {p95 * scale:8.1f}"
 
 
+def _median_p95(values: list[float]) -> str:
+    """``median (p95)`` in ms, or ``-`` without values."""
+    if not values:
+        return "-"
+    median, p95 = _stats(values).split()
+    return f"{median} ({p95})"
+
+
 def _ratio(values: list[float]) -> str:
     if not values:
         return "-"
@@ -297,14 +326,13 @@ def main() -> int:
               f"{statistics.median(r.image_bytes) / 2**20 if r.image_bytes else 0:>9.1f} "
               f"{statistics.median(r.rss_running_kib) / 1024:>9.1f} / "
               f"{statistics.median(r.rss_asleep_kib) / 1024:<8.1f}")
-    print("\nwake path, median (p95) in ms: " + " | ".join(BREAKDOWN))
-    for workload, r in table:
-        parts = []
-        for part in BREAKDOWN:
-            values = r.breakdown_s[part]
-            parts.append(_stats(values).split()[0] + f" ({_stats(values).split()[-1]})"
-                         if values else "-")
-        print(f"{workload.name:<16} " + " | ".join(parts))
+    for title, parts, attribute in (("wake path", BREAKDOWN, "breakdown_s"),
+                                    ("checkpoint", CHECKPOINT_BREAKDOWN,
+                                     "checkpoint_breakdown_s")):
+        print(f"\n{title}, median (p95) in ms: " + " | ".join(parts))
+        for workload, r in table:
+            print(f"{workload.name:<16} " + " | ".join(
+                _median_p95(getattr(r, attribute)[part]) for part in parts))
     print()
     for workload, r in table:
         wake, base = statistics.median(r.wake_s), statistics.median(r.baseline_s)

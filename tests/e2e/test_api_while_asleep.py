@@ -166,3 +166,22 @@ def test_checkpoint_api_wakes_a_sleeping_container_and_restores_its_state(
     assert count() == 3, "the image holds the state at the checkpoint (count was 2)"
     fifos.close()
     restored.close()
+
+
+def test_a_paused_container_is_not_scaled_down_until_resumed(
+        client: ContainerdClient, records: ApiContainers, lab_images: LabImages,
+        pod_network: PodNetwork) -> None:
+    """Pause wakes a sleeping container and keeps it paused: no scale-down behind the back of
+    the client (a restore would bring it back running); after Resume it sleeps again."""
+    container_id, fifos = _start_counter(client, records, lab_images, pod_network)
+    asleep_pid = _wait_asleep(client, container_id)
+    client.pause(container_id)
+    paused_pid: int = client.get(container_id).pid
+    assert paused_pid != asleep_pid, "Pause woke it"
+    time.sleep(3)  # three scale-down durations
+    assert Path(f"/proc/{paused_pid}").exists(), "a paused container was checkpointed"
+    assert client.get(container_id).status == 4  # PAUSED
+    client.resume(container_id)
+    assert client.get(container_id).status == 2
+    _wait_asleep(client, container_id)
+    fifos.close()

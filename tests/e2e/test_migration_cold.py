@@ -8,10 +8,9 @@ B with the migrate annotation starts *scaled down* from that image, and the firs
 restores it: the counter continues, the memory checks out, the file is there. Then the source
 is removed and nothing of it is left on A.
 
-Both containerds run with ``ZEROPOD_CRIU_MASKED_EXTERNAL=false`` and
-``ZEROPOD_CRIU_TMPFS_EXTERNAL=false``: the criu plugin keeps the list of the mounts it made
-external at a dump (masked folders, recreated tmpfs) in memory only, so a restore on another
-node would miss it (see docs/migration.md).
+Both containerds run with the criu plugin's defaults: the mounts a dump made external
+(runc's masked folders, the recreated tmpfs mounts) and the network namespace it was dumped
+in travel in the image's ``zeropod-dump.json``, which B's restore reads.
 """
 
 from __future__ import annotations
@@ -37,7 +36,6 @@ from zeropod_core.lab.netns import PodNetwork
 pytestmark = pytest.mark.containerd
 
 MIGRATE = "zeropod.ctrox.dev/migrate"
-NODE_ENV = {"ZEROPOD_CRIU_MASKED_EXTERNAL": "false", "ZEROPOD_CRIU_TMPFS_EXTERNAL": "false"}
 ALLOC_MIB = "32"
 
 
@@ -80,7 +78,7 @@ def nodes() -> Iterator[tuple[Node, Node]]:
     try:
         for name in ("node-a", "node-b"):
             base = lab_base(f"zeropod-mig-{name}")
-            containerd = PrivateContainerd.start(base, env=NODE_ENV)
+            containerd = PrivateContainerd.start(base)
             containerd.import_image(images.build(images.counter_app_spec()))
             containerd.node_socket_dir.mkdir(parents=True, exist_ok=True)
             tls_dir = base / "tls"

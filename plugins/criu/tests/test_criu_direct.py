@@ -25,6 +25,8 @@ from zeropod_core.model import ContainerInfo
 from zeropod_core.procfs import is_alive
 from zeropod_criu.checkpointer import CriuCheckpointer
 from zeropod_criu.criuconf import CriuConfig, name_config_in_spec, write_config
+from zeropod_criu.dumprecord import DumpRecord
+from zeropod_criu.eager import PE_LAZY
 from zeropod_criu.lazy import LazyDaemon
 from zeropod_criu.paths import ImagePaths, make_private_dir
 from zeropod_criu.settings import CriuSettings
@@ -295,3 +297,105 @@ async def test_structure_only_tmpfs_is_recreated_not_archived(
     assert "/dev/shm" not in {t.path for t in checkpointer._tmpfs}
     await _restore(lab, container, checkpointer)
     assert _read(f"/proc/{container.pid}/root/dev/shm/f") == "y\n"
+
+
+async def test_a_dump_restores_from_its_record_alone_as_another_node_would(
+        lab: Lab, direct_settings: CriuSettings) -> None:
+    """CRIU dumps from inside the pod's network namespace, and the image says so, with the
+    external mounts it declared (``zeropod-dump.json``): a checkpointer that did not make the
+    dump (another shim, another node) restores it through runc into the pod's namespace."""
+    container = await _start(lab, direct_settings, "counter")
+    first = (await container.wait_http()).json()
+    checkpointer = CriuCheckpointer(container.info, container.runtime, {},
+                                    settings=direct_settings)
+    assert (await checkpointer.checkpoint()).ok
+    dump_log = _read(str(checkpointer.paths.work / "dump.log"))
+    assert "Dump NET namespace" not in dump_log and "nf_conntrack" not in dump_log
+    record = DumpRecord.read(checkpointer.paths.snapshot)
+    assert record is not None and record.netns_joined
+    assert record.masked == checkpointer._masked and record.masked, "runc masks /proc/acpi..."
+    assert {t.path for t in record.tmpfs} >= {"/dev", "/dev/shm"}
+    # the first checkpointer goes away (its prepared CRIU and mounts with it), and so does
+    # runc's record of the container, which a node receiving the image would not have
+    await checkpointer._drop_direct()
+    unmount_all(checkpointer.paths.tmpfs)
+    assert _runc(container.runc.root, "delete", container.id).returncode == 0
+
+    other = CriuCheckpointer(container.info, container.runtime, {}, settings=direct_settings)
+    await _restore(lab, container, other)
+
+    assert any(call[0] == "restore" for call in container.runtime.calls)
+    body = (await container.get()).json()  # from the client namespace: the pod's IP answers
+    assert body["started"] == first["started"] and body["count"] > first["count"]
+    pod_netns = os.stat(container.net.pod_path).st_ino
+    assert os.stat(f"/proc/{container.pid}/ns/net").st_ino == pod_netns
+
+
+async def test_a_lazy_restore_leaves_only_the_large_areas_lazy(
+        lab: Lab, lazy_settings: CriuSettings) -> None:
+    """The small runs of pages (the interpreter's heap and arenas) are restored at once, up to
+    ``lazy_eager_mib``; the app's big buffer stays lazy, and all of its memory checks out."""
+    pagemap = pytest.importorskip("pycriu.images", reason="pycriu is installed by scripts/setup")
+    container, checkpointer, first = await _lazy_cycle(lab, lazy_settings, 80)
+    lazy_pages = 0
+    for image in checkpointer.paths.snapshot.glob("pagemap-*.img"):
+        with image.open("rb") as f:
+            entries = pagemap.load(f)["entries"][1:]
+        for entry in entries:
+            flags = entry.get("flags", 0)
+            flags = flags if isinstance(flags, int) else 0
+            if flags & PE_LAZY:
+                lazy_pages += entry["nr_pages"]
+    page = os.sysconf("SC_PAGESIZE")
+    budget = lazy_settings.lazy_eager_mib << 20
+    assert lazy_pages * page >= (80 << 20) - budget, "the 80 MiB buffer stays lazy"
+    assert lazy_pages * page <= (80 << 20) + (1 << 20), "hardly anything else stays lazy"
+
+    restored = await checkpointer.restore()
+    lab.restored(container, restored.pid)
+    assert restored.outcome.stats.get("lazy") == 1
+    body = (await container.get()).json()
+    assert body["started"] == first["started"]
+    assert (await container.get("/crc", timeout=30)).json() == {"crc_ok": True, "mib": 80}
+
+
+async def test_the_next_dump_uses_a_criu_started_ahead_and_discard_ends_it(
+        lab: Lab, direct_settings: CriuSettings) -> None:
+    container = await _start(lab, direct_settings, "counter")
+    first = (await container.wait_http()).json()
+    checkpointer = CriuCheckpointer(container.info, container.runtime, {},
+                                    settings=direct_settings)
+    assert (await checkpointer.checkpoint()).ok
+    await _restore(lab, container, checkpointer)
+    assert checkpointer._sparing is not None
+    await checkpointer._sparing
+    assert checkpointer._spare is not None
+    netns, spare = checkpointer._spare
+    spare_pid = spare.pid
+    assert spare.alive and netns == str(container.net.pod_path)
+    pod_netns = os.stat(container.net.pod_path).st_ino
+    assert os.stat(f"/proc/{spare.pid}/ns/net").st_ino == pod_netns, "it dumps from inside"
+
+    assert (await checkpointer.checkpoint()).ok
+    assert spare.pidfd == -1, "the dump used it up"
+    await _gone(spare_pid)
+    await _restore(lab, container, checkpointer)
+    assert (await container.get()).json()["started"] == first["started"]
+    assert checkpointer._sparing is not None
+    await checkpointer._sparing
+    assert checkpointer._spare is not None
+    unused = checkpointer._spare[1]
+    unused_pid = unused.pid
+
+    await checkpointer.discard()
+
+    assert getattr(checkpointer, "_spare") is None  # noqa: B009 - mypy narrowed it above
+    await _gone(unused_pid)
+
+
+async def _gone(pid: int) -> None:
+    for _ in range(200):
+        if not is_alive(pid):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"process {pid} still runs")

@@ -30,7 +30,7 @@ class _Runtime:
         self.runc_root, self.init_pid = Path("/nonexistent"), 1
 
     async def runc(self, *args: str, stdio: StdioPipes | None = None,
-                   timeout_s: float | None = None) -> RuncResult:
+                   timeout_s: float | None = None, netns: str | None = None) -> RuncResult:
         raise AssertionError("not expected")
 
     def new_stdio(self) -> StdioPipes:

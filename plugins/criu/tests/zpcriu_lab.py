@@ -121,9 +121,10 @@ class LabRuntime:
         return self.pid
 
     async def runc(self, *args: str, stdio: StdioPipes | None = None,
-                   timeout_s: float | None = None) -> RuncResult:
+                   timeout_s: float | None = None, netns: str | None = None) -> RuncResult:
         self.calls.append(args)
-        return await runc_result(self._runc, *args, stdio=stdio, timeout_s=timeout_s)
+        return await runc_result(self._runc, *args, stdio=stdio, timeout_s=timeout_s,
+                                 netns=netns)
 
     def new_stdio(self) -> StdioPipes:
         stdin, stdout, stderr = self.io.replace_pipes(asyncio.get_running_loop())

@@ -115,10 +115,12 @@ class RuntimeHandle(Protocol):
         ...
 
     async def runc(self, *args: str, stdio: StdioPipes | None = None,
-                   timeout_s: float | None = None) -> RuncResult:
+                   timeout_s: float | None = None, netns: str | None = None) -> RuncResult:
         """Run ``runc --root <runc_root> --log <bundle>/log.json <args>`` through the shim's
         reaper (never with subprocess: the shim is the only reaper of its children). After
-        ``timeout_s`` runc and everything it started (CRIU) are killed and the call fails."""
+        ``timeout_s`` runc and everything it started (CRIU) are killed and the call fails.
+        ``netns``: start runc inside the network namespace at that path (a restore of an
+        image CRIU dumped from inside the pod's namespace)."""
         ...
 
     def new_stdio(self) -> StdioPipes:

@@ -15,6 +15,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from .protowire import HEADER, entries, fields
+
 log = logging.getLogger("zeropod.criu.log")
 
 TAIL_LINES = 20
@@ -43,35 +45,6 @@ _STATS_SECTIONS = {
         5: "pages_restored"},
 }
 _STATS_MAGIC = 0x57093306
-_HEADER = 8  # two u32 magics: the image class and STATS
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-
-
-def _fields(data: bytes) -> dict[int, int | bytes]:
-    """Top-level fields of a protobuf message (varints and length-delimited only)."""
-    fields: dict[int, int | bytes] = {}
-    pos = 0
-    while pos < len(data):
-        key, pos = _varint(data, pos)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            fields[number], pos = _varint(data, pos)
-        elif wire == 2:
-            size, pos = _varint(data, pos)
-            fields[number], pos = data[pos:pos + size], pos + size
-        else:
-            raise ValueError(f"unexpected wire type {wire}")
-    return fields
 
 
 def decode_stats(raw: bytes) -> dict[str, int]:
@@ -81,15 +54,14 @@ def decode_stats(raw: bytes) -> dict[str, int]:
     2.5 MiB to a shim, one per pod, for a file of a few dozen bytes. The test suite checks this
     decoder against ``pycriu.images.load`` on real images.
     """
-    if len(raw) < _HEADER + 4 or int.from_bytes(raw[4:8], "little") != _STATS_MAGIC:
+    if len(raw) < HEADER + 4 or int.from_bytes(raw[4:8], "little") != _STATS_MAGIC:
         raise ValueError("not a CRIU stats image")
-    size = int.from_bytes(raw[_HEADER:_HEADER + 4], "little")
-    entry = _fields(raw[_HEADER + 4:_HEADER + 4 + size])
+    entry = dict(fields(next(entries(raw))))
     stats: dict[str, int] = {}
     for section, names in _STATS_SECTIONS.items():
         body = entry.get(section)
         if isinstance(body, bytes):
-            stats.update({names[number]: value for number, value in _fields(body).items()
+            stats.update({names[number]: value for number, value in fields(body)
                           if number in names and isinstance(value, int)})
     return stats
 

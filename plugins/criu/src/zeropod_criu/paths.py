@@ -103,9 +103,14 @@ class ImagePaths:
         return (self.snapshot / "inventory.img").is_file()
 
     def prepare_checkpoint(self, *, pre_dump: bool) -> None:
-        """Drop the previous checkpoint and create empty, private directories for a new one."""
-        for old in (self.snapshot, self.pre, self.work):
-            shutil.rmtree(old, ignore_errors=True)
+        """Drop the previous checkpoint and create empty, private directories for a new one.
+
+        The work directory is kept: it holds the last restore's logs, and CRIU truncates each
+        log it writes; removing it cost ~2 ms of metadata writes on every checkpoint.
+        """
+        for old in (self.snapshot, self.pre, self.pre_work):
+            if old.exists():  # the images are usually gone since the restore
+                shutil.rmtree(old, ignore_errors=True)
         self.pid_file.unlink(missing_ok=True)
         make_private_dir(self.base)
         make_private_dir(self.snapshot)

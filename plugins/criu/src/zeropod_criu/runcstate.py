@@ -111,11 +111,15 @@ class RuncState:
                 binds.append((mount.mountpoint, source))
         return binds
 
-    def dump_mounts(self, pid: int) -> list[Mount]:
-        """``ext_mnt`` of a dump, as runc 1.1 ``Checkpoint`` builds it."""
+    def dump_mounts(self, pid: int,
+                    cgroup_binds: list[tuple[str, Path]] | None = None) -> list[Mount]:
+        """``ext_mnt`` of a dump, as runc 1.1 ``Checkpoint`` builds it (``cgroup_binds``:
+        :meth:`cgroup_binds`, if already read)."""
         mounts = [Mount(m["destination"], m["destination"])
                   for m in self.config.get("mounts") or () if m.get("device") == "bind"]
-        mounts += [Mount(dest, dest) for dest, _ in self.cgroup_binds(pid)]
+        if cgroup_binds is None:
+            cgroup_binds = self.cgroup_binds(pid)
+        mounts += [Mount(dest, dest) for dest, _ in cgroup_binds]
         for path in self.config.get("mask_paths") or ():
             target = Path(f"/proc/{pid}/root{path}")
             if target.exists() and not target.is_dir():

@@ -33,6 +33,9 @@ bench) behaves the same:
   least this many MiB of memory pages: a ``criu lazy-pages`` daemon (started with the swrk)
   serves the memory from the image after the app already runs (see :mod:`.lazy`); ``0``
   always, ``off`` never.
+* ``ZEROPOD_CRIU_LAZY_EAGER_MIB`` (``16``): of a lazy restore's memory, restore the smallest
+  runs of pages at once, up to this many MiB (the app's heap and arenas, which its first
+  request touches; see :mod:`.eager`); only the large areas stay lazy. ``0``: all lazy.
 * ``ZEROPOD_CRIU_TMPFS_EXTERNAL`` (``true``): in direct mode, leave tmpfs mounts that hold
   only structure (``/dev``'s nodes and links, an empty ``/dev/shm`` or ``/run``) out of the
   dump and recreate them before the restore, instead of CRIU's ``tar``/``gzip`` per tmpfs
@@ -73,6 +76,7 @@ class CriuSettings:
     mode: str = "direct"
     log_level: int = 4
     lazy_threshold_mib: int | None = 32
+    lazy_eager_mib: int = 16
     tmpfs_external: bool = True
 
     @property
@@ -107,9 +111,14 @@ class CriuSettings:
                 raise ValueError(f"ZEROPOD_CRIU_LAZY_MIB: expected MiB (an integer >= 0) or "
                                  f"off, got {lazy_raw!r}")
             lazy_mib = int(lazy_raw)
+        eager_raw = env.get("ZEROPOD_CRIU_LAZY_EAGER_MIB", "").strip()
+        if eager_raw and not eager_raw.isdigit():
+            raise ValueError(f"ZEROPOD_CRIU_LAZY_EAGER_MIB: expected MiB (an integer >= 0), "
+                             f"got {eager_raw!r}")
         return cls(
             mode=mode,
             lazy_threshold_mib=lazy_mib,
+            lazy_eager_mib=int(eager_raw) if eager_raw else base.lazy_eager_mib,
             log_level=int(level) if level else base.log_level,
             image_root=Path(root) if root else base.image_root,
             prefreeze=switch_setting(env, "ZEROPOD_CRIU_PREFREEZE", base.prefreeze),

@@ -29,6 +29,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from zeropod_core.netns import run_in_netns
+
 if TYPE_CHECKING:
     from ._pb import criu_rpc_pb2 as rpc
 
@@ -89,14 +91,20 @@ class Swrk:
 
     @classmethod
     def spawn(cls, criu: str, *, stdio: tuple[int, int, int] | None = None,
-              extra: Mapping[int, int] | None = None) -> Swrk:
-        """Start ``criu swrk 3`` with ``stdio`` on 0-2 and ``extra`` (child fd -> our fd)."""
+              extra: Mapping[int, int] | None = None, netns: str | None = None) -> Swrk:
+        """Start ``criu swrk 3`` with ``stdio`` on 0-2 and ``extra`` (child fd -> our fd),
+        in the network namespace at ``netns`` if given (spawned from a thread that joined
+        it: the shim stays where it is; see :func:`.direct.dump` for why)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         fds = {SWRK_FD: theirs.fileno(), **(extra or {})}
         if stdio is not None:
             fds.update(enumerate(stdio))
+        argv = [criu, "swrk", str(SWRK_FD)]
         try:
-            pid, pidfd = spawn_process([criu, "swrk", str(SWRK_FD)], fds)
+            if netns is None:
+                pid, pidfd = spawn_process(argv, fds)
+            else:
+                pid, pidfd = run_in_netns(netns, lambda: spawn_process(argv, fds))
         except OSError as exc:
             ours.close()
             raise SwrkError(f"cannot start {criu} swrk: {exc}") from exc

@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from ..netns import run_in_netns
+
 log = logging.getLogger("zeropod.shim.reaper")
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -69,12 +71,18 @@ class Reaper:
 
     def spawn(self, argv: Sequence[str], *, stdin: int | None = None, stdout: int | None = None,
               stderr: int | None = None, env: Mapping[str, str] | None = None,
-              own_group: bool = False) -> int:
+              own_group: bool = False, netns: str | None = None) -> int:
         """Start ``argv`` (looked up on PATH) with the given fds as its stdio; return its PID.
 
         A ``None`` stdio slot becomes ``/dev/null``. The child gets default signal handling;
         with ``own_group`` it leads a new process group (so it can be killed with its helpers).
+        With ``netns`` it starts in that network namespace: spawned from a short thread that
+        joined it (the loop thread, which reaps, waits for that thread meanwhile).
         """
+        if netns is not None:
+            return run_in_netns(netns, lambda: self.spawn(argv, stdin=stdin, stdout=stdout,
+                                                          stderr=stderr, env=env,
+                                                          own_group=own_group))
         devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         try:
             actions = [(os.POSIX_SPAWN_DUP2, devnull if fd is None else fd, target)

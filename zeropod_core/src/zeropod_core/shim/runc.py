@@ -99,7 +99,8 @@ class Runc:
 
     async def run(self, *args: str, stdio: Sequence[int | None] = (None, None, None),
                   input: bytes | None = None, capture: bool = False,
-                  check: bool = True, timeout_s: float | None = None) -> RuncOutput:
+                  check: bool = True, timeout_s: float | None = None,
+                  netns: str | None = None) -> RuncOutput:
         """Run ``runc <args>``; raise :class:`RuncError` on failure when ``check``.
 
         :param stdio: fds for the command's stdin/stdout/stderr (container stdio for create,
@@ -108,6 +109,7 @@ class Runc:
         :param capture: collect stdout (``runc ps``, ``runc events``).
         :param timeout_s: kill runc and its helpers (CRIU) after this long; a restore from a
             damaged image can otherwise hang in CRIU forever.
+        :param netns: start runc inside the network namespace at this path.
         """
         stdin, stdout, stderr = stdio
         close_after: list[int] = []
@@ -129,7 +131,7 @@ class Runc:
         log_offset = self._log_size()
         try:
             pid = self.reaper.spawn(self.argv(*args), stdin=stdin, stdout=stdout, stderr=stderr,
-                                    own_group=timeout_s is not None)
+                                    own_group=timeout_s is not None, netns=netns)
         finally:
             for fd in close_after:
                 os.close(fd)

@@ -18,11 +18,11 @@ from .runc import Runc, RuncError
 
 
 async def runc_result(runc: Runc, *args: str, stdio: StdioPipes | None = None,
-                      timeout_s: float | None = None) -> RuncResult:
+                      timeout_s: float | None = None, netns: str | None = None) -> RuncResult:
     """Run ``runc <args>`` and answer as :meth:`RuntimeHandle.runc` does (no exception)."""
     fds = (stdio.stdin, stdio.stdout, stdio.stderr) if stdio else (None, None, None)
     try:
-        await runc.run(*args, stdio=fds, timeout_s=timeout_s)
+        await runc.run(*args, stdio=fds, timeout_s=timeout_s, netns=netns)
     except RuncError as exc:
         return RuncResult(exc.returncode, exc.message)
     return RuncResult(0, "")
@@ -51,8 +51,9 @@ class ContainerRuntime:
         return self._container.init.pid
 
     async def runc(self, *args: str, stdio: StdioPipes | None = None,
-                   timeout_s: float | None = None) -> RuncResult:
-        return await runc_result(self._container.runc, *args, stdio=stdio, timeout_s=timeout_s)
+                   timeout_s: float | None = None, netns: str | None = None) -> RuncResult:
+        return await runc_result(self._container.runc, *args, stdio=stdio, timeout_s=timeout_s,
+                                 netns=netns)
 
     def new_stdio(self) -> StdioPipes:
         io = self._container.init.io

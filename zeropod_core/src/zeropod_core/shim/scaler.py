@@ -114,6 +114,9 @@ class Scaler:
         self.activator: Activator | None = None
         self.lock = asyncio.Lock()
         self.running_execs = 0
+        # paused by the API (Pause/Resume): never scaled down meanwhile (a restore would
+        # bring it back running, behind the back of a client that paused it)
+        self.paused = False
         self.last_checkpoint: Outcome | None = None
         self.last_restore: Outcome | None = None
         self.last_checkpoint_at = 0.0  # time.time() of the last successful checkpoint
@@ -231,7 +234,8 @@ class Scaler:
         while True:
             await asyncio.sleep(delay)
             idle = self.idle_for()
-            busy = self.running_execs or (self.activator and self.activator.active_connections)
+            busy = self.running_execs or self.paused or (
+                self.activator and self.activator.active_connections)
             if busy or idle < self.settings.scaledown_s:
                 delay = max(self.settings.scaledown_s - idle, 0.05)
                 continue
@@ -262,8 +266,8 @@ class Scaler:
 
     async def scale_down(self) -> None:
         async with self.lock:
-            if self.phase is not Phase.RUNNING or self._stopped:
-                return
+            if self.phase is not Phase.RUNNING or self._stopped or self.paused:
+                return  # a paused container is armed again when it is resumed
             self.phase = Phase.CHECKPOINTING
             if self.redirector is not None and self.activator is not None:
                 await self.redirector.redirect(self.ports)
@@ -403,6 +407,12 @@ class Scaler:
 
     def exec_started(self) -> None:
         self.running_execs += 1
+
+    def set_paused(self, paused: bool) -> None:
+        """The API paused or resumed the container; idle time counts again from a resume."""
+        self.paused = paused
+        if not paused and self.phase is Phase.RUNNING:
+            self.arm()
 
     def exec_exited(self) -> None:
         self.running_execs = max(0, self.running_execs - 1)

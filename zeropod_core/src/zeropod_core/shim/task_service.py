@@ -611,8 +611,16 @@ class TaskService:
 
     async def pause(self, ctx: ttrpc.CallContext, req: Any) -> Any:
         container = self._container(req.id)
-        await self._wake(container, Trigger.MANUAL)
-        await self._runc_or_unknown(container, "pause", req.id)
+        # no scale-down from now on (one in flight finishes, and the wake undoes it)
+        if container.scaler is not None:
+            container.scaler.set_paused(True)
+        try:
+            await self._wake(container, Trigger.MANUAL)
+            await self._runc_or_unknown(container, "pause", req.id)
+        except (ttrpc.Unknown, ttrpc.FailedPrecondition):
+            if container.scaler is not None:
+                container.scaler.set_paused(False)
+            raise
         container.init.state = State.PAUSED
         self.publisher.publish(events.TaskPaused(container_id=req.id))
         return EMPTY()
@@ -620,6 +628,8 @@ class TaskService:
     async def resume(self, ctx: ttrpc.CallContext, req: Any) -> Any:
         container = self._container(req.id)
         await self._runc_or_unknown(container, "resume", req.id)
+        if container.scaler is not None:
+            container.scaler.set_paused(False)
         container.init.state = State.RUNNING
         self.publisher.publish(events.TaskResumed(container_id=req.id))
         return EMPTY()
