@@ -5,7 +5,9 @@ shares a real node's network), watches that node's shim sockets, and knows its n
 ``NODE_NAME`` (and ``ZEROPOD_NODE_NAME`` for the migration plugin). Its HTTP endpoints listen
 on the node IP, so tests on the host and the other nodes' managers reach them; so does any
 port a plugin opens there (the migration image service: ``ZEROPOD_MIGRATION_LISTEN``, by
-default ``0.0.0.0:8090`` of the node's namespace, is ``<node IP>:8090`` for the other nodes).
+default ``0.0.0.0:8090`` of the node's namespace, is ``<node IP>:8090`` for the other nodes;
+``ZEROPOD_MIGRATION_ADDRESSES`` defaults to the node's name, its IP and 127.0.0.1, so a
+certificate the plugin issues names the address the other node dials).
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ def start_node_manager(node: KubeNode, workdir: Path, *, kubeconfig: Path | None
     workdir.mkdir(parents=True, exist_ok=True)
     shim = shim_env(node.containerd_base)
     settings = {"NODE_NAME": node.name, "ZEROPOD_NODE_NAME": node.name,
-                "ZEROPOD_IMAGE_ROOT": shim["ZEROPOD_IMAGE_ROOT"]}
+                "ZEROPOD_IMAGE_ROOT": shim["ZEROPOD_IMAGE_ROOT"],
+                "ZEROPOD_MIGRATION_ADDRESSES": f"{node.name},{node.node_ip},127.0.0.1"}
     if kubeconfig is not None:
         settings["ZEROPOD_KUBECONFIG"] = str(kubeconfig)
     return LabManager.start(Path(shim["ZEROPOD_SOCKET_DIR"]), workdir, debug=debug,
