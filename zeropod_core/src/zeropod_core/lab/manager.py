@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,16 +24,20 @@ class LabManager:
 
     @classmethod
     def start(cls, socket_dir: Path, workdir: Path, *, debug: bool = False,
-              env: Mapping[str, str] | None = None) -> LabManager:
+              env: Mapping[str, str] | None = None, listen: str = "127.0.0.1:0",
+              prefix: Sequence[str] = ()) -> LabManager:
         """Start ``zeropod-manager`` for the shims in ``socket_dir``.
 
         :param env: extra environment (``ZEROPOD_*`` settings of the manager and its plugins).
+        :param listen: where its HTTP endpoints listen (port 0: one the kernel picks).
+        :param prefix: an argv prefix it runs under, e.g. ``nsenter`` into a lab node's
+            namespaces (``nsenter`` execs it: the PID stays the manager's).
         """
         ready = workdir / "manager.addr"
         ready.unlink(missing_ok=True)
         log_path = workdir / "manager.log"
         binary = Path(sys.executable).with_name("zeropod-manager")
-        argv = [str(binary), "--socket-dir", str(socket_dir), "--listen", "127.0.0.1:0",
+        argv = [*prefix, str(binary), "--socket-dir", str(socket_dir), "--listen", listen,
                 "--ready-file", str(ready), *(["--debug"] if debug else [])]
         with open(log_path, "ab") as log:
             process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,

@@ -10,6 +10,9 @@ Fixtures:
 * ``kube_cluster`` (session): a :class:`~zeropod_core.lab.kube.KubeCluster` (Kubernetes 1.20,
   one node) with the lab images, the CRI runtime ``zeropod`` and its RuntimeClass. Missing
   Kubernetes binaries fail the tests that use it (run scripts/setup), they are not skipped.
+* ``kube_cluster_two_nodes`` (session): the same with two nodes (``cluster.nodes``), each in
+  its own network and mount namespaces; started once per session at most, and only when a test
+  asks for it.
 
 Tests that need them are skipped with the reason when not run as root or when containerd,
 runc or ip are missing; on CI they run as root, so a skip there is visible in the summary.
@@ -97,8 +100,8 @@ def run_container(
         container.remove()
 
 
-@pytest.fixture(scope="session")
-def kube_cluster() -> Iterator[KubeCluster]:
+def _kube_cluster(nodes: int) -> Iterator[KubeCluster]:
+    """A lab cluster with ``nodes`` nodes, the zeropod runtime and its RuntimeClass."""
     if os.geteuid() != 0:
         pytest.skip("needs root (kubelet, containerd, bridges, cgroups)")
     from .containerd import SHIM_BINARY
@@ -109,10 +112,21 @@ def kube_cluster() -> Iterator[KubeCluster]:
         pytest.fail(f"the Kubernetes lab needs {', '.join(missing)}: run scripts/setup",
                     pytrace=False)
     shim = Path(sys.executable).with_name(SHIM_BINARY)
-    cluster = KubeCluster.start(runtimes=[zeropod_runtime(shim)] if shim.exists() else [])
+    cluster = KubeCluster.start(nodes=nodes,
+                                runtimes=[zeropod_runtime(shim)] if shim.exists() else [])
     try:
         if shim.exists():
             cluster.create_runtime_class("zeropod")
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def kube_cluster() -> Iterator[KubeCluster]:
+    yield from _kube_cluster(nodes=1)
+
+
+@pytest.fixture(scope="session")
+def kube_cluster_two_nodes() -> Iterator[KubeCluster]:
+    yield from _kube_cluster(nodes=2)

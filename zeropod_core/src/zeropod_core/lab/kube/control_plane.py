@@ -1,11 +1,12 @@
 """The control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler.
 
-All on 127.0.0.1 with ports the kernel picked free. etcd speaks plain HTTP on loopback (only
-the apiserver uses it); the apiserver serves TLS with RBAC and Node authorization, and every
-component authenticates with its own client certificate. The controller-manager is required
-even without Deployments: it creates the ``default`` ServiceAccount's token, without which the
-apiserver admits no pod. The apiserver advertises the first node's IP (the kubelet refuses a
-loopback node IP, and the ``kubernetes`` Service's endpoint must not be loopback either).
+On the host, with ports the kernel picked free. etcd speaks plain HTTP on 127.0.0.1 (only the
+apiserver uses it); the apiserver serves TLS with RBAC and Node authorization on the host's
+address on the lab bridge, which it also advertises: the nodes, each in its own network
+namespace, reach it there (and the ``kubernetes`` Service's endpoint must not be loopback).
+The controller-manager and the scheduler stay on 127.0.0.1. Every component authenticates with
+its own client certificate. The controller-manager is required even without Deployments: it
+creates the ``default`` ServiceAccount's token, without which the apiserver admits no pod.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class ControlPlane:
 
     base: Path
     pki: ClusterPki
+    address: str
     port: int
     admin: CertFiles
     admin_kubeconfig: Path
@@ -42,7 +44,7 @@ class ControlPlane:
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        return f"https://{self.address}:{self.port}"
 
     def api(self) -> KubeApi:
         """A client authenticated as the cluster admin (group system:masters)."""
@@ -52,11 +54,15 @@ class ControlPlane:
 
     @classmethod
     def start(cls, base: Path, binaries: KubeBinaries, pki: ClusterPki, *,
-              advertise_address: str, service_cidr: str = DEFAULT_SERVICE_CIDR,
+              address: str, service_cidr: str = DEFAULT_SERVICE_CIDR,
               verbosity: int = 1) -> ControlPlane:
-        """Start etcd and the apiserver (not waited for: see :meth:`wait_ready`)."""
+        """Start etcd and the apiserver (not waited for: see :meth:`wait_ready`).
+
+        :param address: a host address the nodes reach: the apiserver listens there and
+            advertises it.
+        """
         base.mkdir(parents=True, exist_ok=True)
-        client_port, peer_port, port = free_port(), free_port(), free_port()
+        client_port, peer_port, port = free_port(), free_port(), free_port(address)
         etcd_url, peer_url = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
         etcd = LabProcess.spawn("etcd", [
             str(binaries.etcd), "--name", "lab", "--data-dir", str(base / "etcd"),
@@ -68,7 +74,7 @@ class ControlPlane:
         serving = pki.issue("apiserver", "kube-apiserver", server=True,
                             dns=("localhost", "kubernetes", "kubernetes.default",
                                  "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"),
-                            ips=("127.0.0.1", advertise_address, service_ip))
+                            ips=("127.0.0.1", address, service_ip))
         kubelet_client = pki.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client",
                                    groups=("system:masters",))
         service_accounts = pki.key_pair("service-accounts")
@@ -76,8 +82,8 @@ class ControlPlane:
         apiserver = LabProcess.spawn("kube-apiserver", [
             str(binaries.k8s("kube-apiserver")),
             f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1", f"--secure-port={port}", "--insecure-port=0",
-            f"--advertise-address={advertise_address}",
+            f"--bind-address={address}", f"--secure-port={port}", "--insecure-port=0",
+            f"--advertise-address={address}",
             f"--cert-dir={base / 'apiserver-certs'}",
             f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
             f"--client-ca-file={pki.ca.cert}",
@@ -94,9 +100,10 @@ class ControlPlane:
             "--profiling=false", f"--v={verbosity}",
         ], base / "kube-apiserver.log")
         kubeconfig = write_kubeconfig(base / "admin.kubeconfig",
-                                      server=f"https://127.0.0.1:{port}", ca=pki.ca.cert,
+                                      server=f"https://{address}:{port}", ca=pki.ca.cert,
                                       client=admin, user="lab-admin")
-        return cls(base=base, pki=pki, port=port, admin=admin, admin_kubeconfig=kubeconfig,
+        return cls(base=base, pki=pki, address=address, port=port, admin=admin,
+                   admin_kubeconfig=kubeconfig,
                    service_accounts=service_accounts, etcd=etcd, apiserver=apiserver)
 
     def wait_ready(self, timeout: float = 60) -> None:

@@ -1,4 +1,4 @@
-"""A private mount namespace for a node's containerd and kubelet.
+"""A node's private mount namespace (and, for a lab node, its own network namespace).
 
 kubelet 1.20 and containerd 1.6 write to host paths whatever their flags say:
 ``/var/lib/kubelet/device-plugins``, ``/var/log/pods``, ``/var/log/containers``,
@@ -11,6 +11,12 @@ the kubelet join it with ``nsenter --mount``; so do the shims and runc they star
 mounts and network-namespace files exist only in there. When the last process in it is gone
 the kernel drops every mount made inside. Copies of other labs' mounts (made when the namespace
 is created) are unmounted in it at once, so the node never pins them.
+
+With ``network=True`` the holder also owns a new network namespace (the node's, wired up by
+:mod:`.network`), and ``/sys`` in there is a fresh sysfs that shows that namespace's links
+(``/sys/class/net``), with the host's mounts below ``/sys`` (cgroups, bpffs, ...) bound back
+in, as a container runtime does for a container. When the holder and every process started
+inside are gone, both namespaces go, and with them the node's links.
 """
 
 from __future__ import annotations
@@ -34,6 +40,21 @@ base=$1
 # needed here, and a copy would keep their overlays busy after the host unmounted them.
 awk '{{print $5}}' /proc/self/mountinfo | grep -E '^/(tmp|run|var/lib|var/log)/' | sort -r \
   | while read -r point; do umount -l "$point" 2>/dev/null || true; done
+if [ "$2" = net ]; then
+  # sysfs shows the network namespace of whoever mounted it: mount one for this namespace
+  # and bind the host's mounts below /sys (cgroups, bpffs, tracing...) back into it.
+  mkdir -p "$base/sys"
+  mount --rbind /sys "$base/sys"
+  mount -t sysfs zeropod-lab-sysfs /sys
+  last=-
+  awk '{{print $5}}' /proc/self/mountinfo | grep "^$base/sys/" | sort | while read -r point; do
+    case "$point" in "$last"/*) continue ;; esac
+    last=$point
+    inner=/sys/${{point#"$base/sys/"}}
+    if [ -d "$inner" ]; then mount --rbind "$point" "$inner"; fi
+  done
+  umount -l "$base/sys"
+fi
 for dir in {dirs}; do
   name=$(echo "$dir" | tr / _)
   mkdir -p "$base/$name/upper" "$base/$name/work"
@@ -51,17 +72,19 @@ class PrivateMounts:
 
     base: Path
     holder: LabProcess
+    network: bool = False
 
     @classmethod
-    def create(cls, base: Path) -> PrivateMounts:
+    def create(cls, base: Path, *, network: bool = False) -> PrivateMounts:
+        """Start the holder; with ``network`` it owns a new network namespace too."""
         base.mkdir(parents=True, exist_ok=True)
         script = _HOLDER.format(dirs=" ".join(OVERLAID))
         holder = LabProcess.spawn(
-            "mount namespace holder",
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
-             str(base)],
+            "namespace holder",
+            ["unshare", "--mount", *(["--net"] if network else []), "--propagation", "private",
+             "sh", "-c", script, "sh", str(base), "net" if network else "-"],
             base / "holder.log")
-        mounts = cls(base, holder)
+        mounts = cls(base, holder, network)
         try:
             wait_until("the private mount namespace", lambda: (base / "ready").exists(),
                        timeout=10, watch=[holder], interval=0.01)
@@ -74,10 +97,16 @@ class PrivateMounts:
     def ns_path(self) -> str:
         return f"/proc/{self.holder.pid}/ns/mnt"
 
+    @property
+    def net_path(self) -> str:
+        """The holder's network namespace (the lab's own unless created with ``network``)."""
+        return f"/proc/{self.holder.pid}/ns/net"
+
     def enter(self) -> list[str]:
-        """The argv prefix that runs a program inside this mount namespace."""
+        """The argv prefix that runs a program inside this mount (and network) namespace."""
         self.holder.check_alive()
-        return ["nsenter", f"--mount={self.ns_path}", "--"]
+        net = [f"--net={self.net_path}"] if self.network else []
+        return ["nsenter", f"--mount={self.ns_path}", *net, "--"]
 
     def namespace_id(self) -> str:
         return os.readlink(self.ns_path)

@@ -1,11 +1,14 @@
-"""One Kubernetes node of the lab: its bridge, cgroup root, mount namespace, containerd, kubelet.
+"""One Kubernetes node of the lab: its namespaces, network, cgroup root, containerd, kubelet.
 
 Everything a node owns is its own, so a second node (or a second cluster) can run beside it:
-the folder ``<cluster>/nodes/<name>/``, the bridge ``zpk-<random>`` with a free /24, the cgroup
-root ``/zpk-<random>`` in every hierarchy (the kubelet's ``cgroupRoot``: pods go below it), a
-private mount namespace, and containerd/kubelet sockets and ports. Nothing listens on a fixed
-port: the kubelet on the node IP with a random port, its healthz and containerd's stream server
-on random 127.0.0.1 ports.
+the folder ``<cluster>/nodes/<name>/``, a network namespace and a mount namespace (held by one
+process, see :mod:`.mountns`) wired to the cluster's lab bridge (see :mod:`.network`), the
+node IP on ``eth0`` in there, a CNI bridge ``zpk-<random>`` with a free pod /24, the cgroup root
+``/zpk-<random>`` in every hierarchy (the kubelet's ``cgroupRoot``: pods go below it), and
+containerd/kubelet sockets. containerd, the kubelet, the shims and runc they start (and a
+node's manager, :mod:`.node_manager`) run in both namespaces, like a kind node's processes in
+its container: the kubelet listens on the node IP, port 10250, its healthz and containerd's
+stream server on the namespace's own 127.0.0.1.
 
 The kubelet runs with ``KUBELET_KERNEL_TUNABLES=warn`` (a patch of scripts/build-k8s) so it
 never changes the host's ``vm.overcommit_memory``, ``kernel.panic`` or ``kernel.panic_on_oops``.
@@ -14,27 +17,30 @@ never changes the host's ``vm.overcommit_memory``, ``kernel.panic`` or ``kernel.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
 import os
 import secrets
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..containerd import PrivateContainerd, remove_cgroup_tree, shim_env
 from .binaries import CNI_BIN_DIR, KubeBinaries
 from .mountns import PrivateMounts
-from .network import DEFAULT_POD_RANGE, NodeNetwork
+from .network import LabNetwork, NodeNetwork
 from .pki import ClusterPki, write_kubeconfig
-from .procs import LabProcess, free_port, wait_until
+from .procs import LabProcess, wait_until
 from .runtimes import CriRuntime, containerd_config
 
 log = logging.getLogger("zeropod.lab.kube")
 
 CRI_NAMESPACE = "k8s.io"
+KUBELET_PORT = 10250  # each node has its own network namespace: upstream's ports are free
+KUBELET_HEALTHZ_PORT = 10248
 CGROUP_FS = Path("/sys/fs/cgroup")
 
 
@@ -82,6 +88,7 @@ class KubeNode:
     kubelet: LabProcess | None = None
     kubelet_port: int = 0
     runtimes: tuple[CriRuntime, ...] = ()
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per start phase
     ctr: PrivateContainerd = field(init=False)
 
     def __post_init__(self) -> None:
@@ -105,24 +112,44 @@ class KubeNode:
     def node_ip(self) -> str:
         return self.network.node_ip
 
+    @property
+    def netns(self) -> str:
+        """The node's network namespace (a ``/proc/<pid>/ns/net`` path, e.g. for
+        :func:`zeropod_core.lab.http.http_get` from the node)."""
+        return self.network.netns
+
     @classmethod
-    def boot(cls, base: Path, name: str, binaries: KubeBinaries, *, sandbox_image: str,
-             runtimes: Sequence[CriRuntime] = (), subnet: str | None = None,
-             pod_range: str = DEFAULT_POD_RANGE, debug: bool = False) -> KubeNode:
-        """Create the node's network, cgroup root and mount namespace; start its containerd."""
+    def boot(cls, base: Path, name: str, binaries: KubeBinaries, *, lab: LabNetwork,
+             subnet: ipaddress.IPv4Network, pod_routes: Sequence[ipaddress.IPv4Network],
+             sandbox_image: str, runtimes: Sequence[CriRuntime] = (),
+             env: Mapping[str, str] | None = None, debug: bool = False) -> KubeNode:
+        """Create the node's namespaces, wire them to ``lab`` with the pod /24 ``subnet``,
+        create its cgroup root and start its containerd.
+
+        :param env: extra environment of containerd, which its shims inherit (e.g.
+            ``ZEROPOD_CRIU_*`` settings of the zeropod shim's plugins).
+        """
+        started = time.monotonic()
         base.mkdir(parents=True, exist_ok=True)
-        node = cls(name=name, base=base, network=NodeNetwork.create(subnet, pod_range),
+        mounts = PrivateMounts.create(base / "mounts", network=True)
+        try:
+            network = NodeNetwork.create(lab, subnet, mounts.holder.pid, pod_routes)
+        except BaseException:
+            mounts.stop()
+            raise
+        node = cls(name=name, base=base, network=network, mounts=mounts,
                    cgroup_root=f"zpk-{secrets.token_hex(4)}", runtimes=tuple(runtimes))
         try:
             create_cgroup_root(node.cgroup_root)
-            node.mounts = PrivateMounts.create(base / "mounts")
-            node._start_containerd(binaries, sandbox_image, debug)
+            node._start_containerd(binaries, sandbox_image, env or {}, debug)
         except BaseException:
             node.stop()
             raise
+        node.phases["booted"] = time.monotonic() - started
         return node
 
-    def _start_containerd(self, binaries: KubeBinaries, sandbox_image: str, debug: bool) -> None:
+    def _start_containerd(self, binaries: KubeBinaries, sandbox_image: str,
+                          env: Mapping[str, str], debug: bool) -> None:
         assert self.mounts is not None
         cd = self.containerd_base
         for sub in ("root", "state", "opt/bin", "runc"):
@@ -140,7 +167,7 @@ class KubeNode:
         self.containerd = LabProcess.spawn(
             f"containerd of {self.name}",
             [*self.mounts.enter(), str(binaries.containerd), "--config", str(cd / "config.toml")],
-            self.base / "containerd.log", env=shim_env(cd))
+            self.base / "containerd.log", env={**shim_env(cd), **env})
         wait_until(f"containerd of {self.name}",
                    lambda: self.containerd_socket.exists()
                    and self.ctr.ctr("version", check=False).returncode == 0,
@@ -148,8 +175,10 @@ class KubeNode:
 
     def import_images(self, archives: Sequence[Path]) -> None:
         """``ctr -n k8s.io images import`` each archive (pods then use imagePullPolicy Never)."""
+        started = time.monotonic()
         for archive in archives:
             self.ctr.import_image(archive)
+        self.phases["images imported"] = time.monotonic() - started
 
     def start_kubelet(self, binaries: KubeBinaries, pki: ClusterPki, server: str,
                       sandbox_image: str, *, verbosity: int = 2) -> None:
@@ -165,7 +194,7 @@ class KubeNode:
         kubeconfig = write_kubeconfig(self.base / "kubelet.kubeconfig", server=server,
                                       ca=pki.ca.cert, client=client,
                                       user=f"system:node:{self.name}")
-        self.kubelet_port = free_port(self.node_ip)
+        self.kubelet_port = KUBELET_PORT
         config = {
             "kind": "KubeletConfiguration",
             "apiVersion": "kubelet.config.k8s.io/v1beta1",
@@ -173,7 +202,7 @@ class KubeNode:
             "port": self.kubelet_port,
             "readOnlyPort": 0,
             "healthzBindAddress": "127.0.0.1",
-            "healthzPort": free_port(),
+            "healthzPort": KUBELET_HEALTHZ_PORT,
             "tlsCertFile": str(serving.cert),
             "tlsPrivateKeyFile": str(serving.key),
             # kubectl exec/logs/port-forward: apiserver -> kubelet, x509 + webhook authz
@@ -227,16 +256,25 @@ class KubeNode:
         """Resident memory of the node's own daemons (containerd, kubelet), not of pods."""
         return sum(p.rss_kib() for p in self.processes())
 
+    def stop_kubelet(self) -> None:
+        """Stop the kubelet (by PID); a no-op when it is not running."""
+        if self.kubelet is not None:
+            try:
+                self.kubelet.stop()
+            except Exception:
+                log.exception("stopping the kubelet failed", extra={"node": self.name})
+
     def stop(self) -> None:
-        """Stop the kubelet, kill every container, stop containerd, end the mount namespace,
-        then remove the cgroup root and the bridge. Each step runs even if one before failed."""
+        """Stop the kubelet, kill every container, stop containerd, end the namespaces (the
+        node's links go with its network namespace), then remove the cgroup root and the
+        host's end of the node's veth. Each step runs even if one before failed."""
         steps: list[tuple[str, Callable[[], object]]] = [
-            ("kubelet", lambda: self.kubelet.stop() if self.kubelet else None),
+            ("kubelet", self.stop_kubelet),
             ("containers", self._kill_containers),
             ("containerd", lambda: self.containerd.stop() if self.containerd else None),
-            ("mount namespace", lambda: self.mounts.stop() if self.mounts else None),
+            ("namespaces", lambda: self.mounts.stop() if self.mounts else None),
             ("cgroups", self._remove_cgroups),
-            ("bridge", self.network.delete)]
+            ("network", self.network.delete)]
         for what, step in steps:
             try:
                 step()
