@@ -34,4 +34,6 @@ async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
 def settings(tmp_path: Path, request: pytest.FixtureRequest) -> CriuSettings:
     """Plugin settings with a private image root (kdat handling is tested on its own), once
     per mode: CRIU's RPC from the shim (``direct``) and ``runc checkpoint``/``restore``."""
-    return CriuSettings(image_root=tmp_path / "images", kdat_cache=False, mode=request.param)
+    # debug logs (level 4): several tests read what CRIU did in dump.log / restore.log
+    return CriuSettings(image_root=tmp_path / "images", kdat_cache=False, mode=request.param,
+                        log_level=4)

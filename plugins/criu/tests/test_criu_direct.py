@@ -49,7 +49,9 @@ async def _start(lab: Lab, settings: CriuSettings, image: str = "busybox", *,
 
 @pytest.fixture
 def direct_settings(tmp_path: Path) -> Iterator[CriuSettings]:
-    settings = CriuSettings(image_root=tmp_path / "images", kdat_cache=False, mode="direct")
+    # debug logs: some tests read what CRIU did
+    settings = CriuSettings(image_root=tmp_path / "images", kdat_cache=False, mode="direct",
+                            log_level=4)
     yield settings
     unmount_all(settings.image_root)  # the masked directories' source (see .masked)
 
