@@ -30,6 +30,7 @@ from ..manifests import DEPLOY
 from .accounts import service_account_kubeconfig
 from .cluster import KubeCluster
 from .node import KubeNode
+from .node_manager import start_node_manager
 from .runtimes import zeropod_runtime
 from .workloads import counter_container
 
@@ -162,18 +163,15 @@ def start_manager(cluster: KubeCluster, folder: Path, kubeconfig: Path,
                   extra_env: dict[str, str] | None = None,
                   node: KubeNode | None = None) -> MigrationNode:
     """The node's manager with the migration controller, as the node's service account
-    (``node``: one of the cluster's nodes, default its first)."""
+    (``node``: one of the cluster's nodes, default its first), inside the node's namespaces
+    (:func:`~zeropod_core.lab.kube.node_manager.start_node_manager`): its image service
+    listens on the node IP, where the other node's manager pulls from."""
     node = node or cluster.node
     env = shim_env(node.containerd_base)
-    folder.mkdir(parents=True, exist_ok=True)
-    manager = LabManager.start(Path(env["ZEROPOD_SOCKET_DIR"]), folder, env={
-        "ZEROPOD_KUBECONFIG": str(kubeconfig), "NODE_NAME": node.name,
+    manager = start_node_manager(node, folder, kubeconfig=kubeconfig, env={
         "ZEROPOD_MIGRATION_CONTROLLER": "true",
-        "ZEROPOD_IMAGE_ROOT": env["ZEROPOD_IMAGE_ROOT"],
         "ZEROPOD_MIGRATION_LISTEN": f"{node.node_ip}:0",
-        "ZEROPOD_MIGRATION_ADDRESSES": node.node_ip,
         "ZEROPOD_MIGRATION_ADVERTISE": node.node_ip,
-        "ZEROPOD_NODE_NAME": node.name,
         "ZEROPOD_HOUSEKEEPING_INTERVAL": "3600", **(extra_env or {})})
     return MigrationNode(node.name, manager, Path(env["ZEROPOD_IMAGE_ROOT"]))
 
