@@ -13,6 +13,8 @@ Fixtures:
 * ``kube_cluster_two_nodes`` (session): the same with two nodes (``cluster.nodes``), each in
   its own network and mount namespaces; started once per session at most, and only when a test
   asks for it.
+* every test: the ``ctrd-checkpoint*`` folders containerd leaves in ``$TMPDIR`` after a
+  restore through its API are removed.
 
 Tests that need them are skipped with the reason when not run as root or when containerd,
 runc or ip are missing; on CI they run as root, so a skip there is visible in the summary.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +52,21 @@ def _stack_missing() -> str | None:
 class LabImages:
     busybox: str
     counter: str
+
+
+@pytest.fixture(autouse=True)
+def _containerd_checkpoint_dirs() -> Iterator[None]:
+    """Remove the ``ctrd-checkpoint*`` folders a test made containerd leave behind.
+
+    containerd (1.6 and 2.x, for runc.v2 as for zeropod) unpacks the checkpoint a task is
+    created from into ``$TMPDIR/ctrd-checkpoint<random>`` and never removes it; a test that
+    restores through containerd's API would leave one per restore.
+    """
+    folder = Path(tempfile.gettempdir())
+    before = set(folder.glob("ctrd-checkpoint*"))
+    yield
+    for path in set(folder.glob("ctrd-checkpoint*")) - before:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
