@@ -359,6 +359,10 @@ async def test_a_lazy_restore_leaves_only_the_large_areas_lazy(
     body = (await container.get()).json()
     assert body["started"] == first["started"]
     assert (await container.get("/crc", timeout=30)).json() == {"crc_ok": True, "mib": 80}
+    copy = checkpointer._lazy_copy
+    assert copy is not None
+    await asyncio.wait_for(asyncio.shield(copy), 60)  # the daemon ends: nothing left running
+    assert (checkpointer.paths.work / "lazy-pages.status").read_text().strip() == "0"
 
 
 async def test_the_next_dump_uses_a_criu_started_ahead_and_discard_ends_it(
