@@ -1,13 +1,14 @@
 """Benchmark: Kubernetes-driven cold migration, pod deletion -> first response on the new pod.
 
 Starts a migration-ready lab cluster (:func:`~zeropod_core.lab.kube.migration.migration_lab`:
-the lab's node is source and target), then per round: a Deployment of the counter app with
-``--mib`` of random memory, a few requests, asleep; ``kubectl delete pod``; the time until
-the replacement pod answers its first request (restored from the migrated image, counter
-continued), the ``Migration``'s ``migrationDuration`` (hand-over -> image in place on the
-target) and the bytes moved (0 on one node: the image is renamed, not sent).
+with ``--nodes 1`` the lab's node is source and target, with ``--nodes 2`` the image travels
+from the first node's manager to the second's over mutual TLS), then per round: a Deployment of
+the counter app with ``--mib`` of random memory, a few requests, asleep; ``kubectl delete
+pod``; the time until the replacement pod answers its first request (restored from the migrated
+image, counter continued), the ``Migration``'s ``migrationDuration`` (hand-over -> image in
+place on the target) and the bytes moved (0 on one node: the image is renamed, not sent).
 
-    .venv/bin/python benchmarks/migration_cold.py [--rounds 3] [--mib 64]
+    .venv/bin/python benchmarks/migration_cold.py [--rounds 3] [--mib 64] [--nodes 1|2]
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def one_round(lab: MigrationLab, mib: int) -> dict[str, float]:
     wait_for("asleep", lambda: lab.source.phase(old) == "SCALED_DOWN", 60, 0.05)
     old_id = pod["status"]["containerStatuses"][0]["containerID"].rpartition("://")[2]
     image = _image_bytes(lab.source.image_root / old_id / "snapshot")
+    pulls_before = len(lab.target.manager.log_path.read_text().splitlines())
     began = time.monotonic()
     lab.towards_target()
     lab.cluster.kubectl("delete", "pod", old, "--wait=false")
@@ -51,7 +53,8 @@ def one_round(lab: MigrationLab, mib: int) -> dict[str, float]:
     migration = lab.migration(old) or {}
     status = (migration.get("status") or {}).get("containers", [{}])[0]
     duration = str(status.get("migrationDuration", "?"))
-    log = lab.target.manager.log_path.read_text().splitlines()  # the pulls it made
+    # the pulls the target's manager made in this round
+    log = lab.target.manager.log_path.read_text().splitlines()[pulls_before:]
     moved = [json.loads(line) for line in log if '"image pulled"' in line]
     lab.delete_deployments()
     seconds = float(duration[:-2]) / 1000 if duration.endswith("ms") else \
@@ -65,9 +68,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--mib", type=int, default=64, help="the app's random memory")
+    parser.add_argument("--nodes", type=int, choices=(1, 2), default=1,
+                        help="1: source and target are one node; 2: two lab nodes")
     args = parser.parse_args()
     rows = []
-    with migration_lab() as lab:
+    with migration_lab(node_count=args.nodes) as lab:
         for number in range(args.rounds):
             row = one_round(lab, args.mib)
             rows.append(row)

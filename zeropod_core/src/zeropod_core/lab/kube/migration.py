@@ -179,21 +179,23 @@ def start_manager(cluster: KubeCluster, folder: Path, kubeconfig: Path,
 @contextmanager
 def migration_lab(manager_env: dict[str, str] | None = None, *,
                   cluster: KubeCluster | None = None,
-                  nodes: Sequence[KubeNode] = ()) -> Iterator[MigrationLab]:
+                  nodes: Sequence[KubeNode] = (), node_count: int = 1,
+                  ) -> Iterator[MigrationLab]:
     """A lab cluster ready for migrations: the CRD, the RBAC, a manager per node.
 
     :param cluster: a running cluster with the ``zeropod`` runtime and RuntimeClass (it is
         left running); default: a new single-node cluster, stopped at the end.
     :param nodes: the source and the target node (one node: both ends are it); default the
-        cluster's first node.
+        cluster's first node, or its first two when this starts a cluster of ``node_count``
+        nodes.
     """
     folder = Path(tempfile.mkdtemp(prefix="zeropod-miglab-"))
     own = cluster is None
     if cluster is None:
         shim = Path(sys.executable).with_name(SHIM_BINARY)
         cluster = KubeCluster.start(runtimes=[zeropod_runtime(shim)],
-                                    app_images=[images.counter_app_spec()])
-    pair = list(nodes) or [cluster.node]
+                                    app_images=[images.counter_app_spec()], nodes=node_count)
+    pair = list(nodes) or (cluster.nodes[:2] if own else [cluster.node])
     started: list[MigrationNode] = []
     try:
         if own:
