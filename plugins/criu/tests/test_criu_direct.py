@@ -101,11 +101,7 @@ async def test_runc_keeps_working_after_direct_restores(
     assert (await container.get()).json()["count"] > count
     pid = container.pid
     assert _runc(root, "kill", container.id, "KILL").returncode == 0
-    for _ in range(200):
-        if not is_alive(pid):
-            break
-        await asyncio.sleep(0.01)
-    assert not is_alive(pid)
+    await _gone(pid)
     assert _runc(root, "delete", container.id).returncode == 0
     assert await container.state() is None
 

@@ -145,6 +145,25 @@ class CriuCheckpointer:
         return (masked.restore_externals(self._masked, self._masked_source) +
                 tmpfs.restore_externals(self._tmpfs, self.paths.tmpfs))
 
+    def _declare_dump_externals(self, pid: int, mounts: direct.DumpMounts) -> None:
+        """Choose a direct (or lazy) dump's external mounts, masked directories and
+        structure-only tmpfs, and write them into the container's CRIU config."""
+        self._masked = self._masked_dirs(pid)
+        self._tmpfs = self._structural_tmpfs(pid, mounts)
+        self._write_config(masked.dump_externals(self._masked) +
+                           tmpfs.dump_externals(self._tmpfs))
+
+    def _direct_options(self, frozen: Freezer) -> direct.DumpOptions:
+        """The options of a dump through CRIU's RPC of the cgroup ``frozen`` pre-froze."""
+        return direct.DumpOptions(self.criu, self.paths.snapshot, self.paths.work,
+                                  frozen.directory, self.settings.file_locks,
+                                  self.settings.ext_unix_sk, self.settings.log_level)
+
+    def _write_dump_record(self, *, netns_joined: bool) -> None:
+        """What a restore of this image must declare (:mod:`.dumprecord`), next to it."""
+        dumprecord.DumpRecord(netns_joined=netns_joined, masked=self._masked,
+                              tmpfs=self._tmpfs).write(self.paths.snapshot)
+
     @property
     def _masked_source(self) -> Path:
         return self.settings.image_root / ".masked"
@@ -245,7 +264,7 @@ class CriuCheckpointer:
         if result.returncode != 0:
             return await self._checkpoint_failed(result.error, frozen, pid, duration)
         self._dumped = (pid, dumped_start)
-        dumprecord.DumpRecord(masked=self._masked).write(self.paths.snapshot)
+        self._write_dump_record(netns_joined=False)
         return self._checkpointed(pid, frozen, duration, "runc", pre_dump=parent)
 
     def _checkpointed(self, pid: int, frozen: _Frozen, duration: float, path: str, *,
@@ -400,9 +419,6 @@ class CriuCheckpointer:
 
     async def discard(self) -> None:
         self._dumped = None
-        if self._sparing is not None:
-            self._sparing.cancel()
-            self._sparing = None
         self._drop_spare()
         tidying, self._tidying = self._tidying, None
         if tidying is not None:
@@ -442,15 +458,10 @@ class CriuCheckpointer:
             return None
         marks.append(("freeze", time.monotonic()))
         mounts = direct.DumpMounts.read(state, pid)
-        self._masked = self._masked_dirs(pid)
-        self._tmpfs = self._structural_tmpfs(pid, mounts)
-        self._write_config(masked.dump_externals(self._masked) +
-                           tmpfs.dump_externals(self._tmpfs))
+        self._declare_dump_externals(pid, mounts)
         dumped_start = process_start(pid)
         marks.append(("mounts", time.monotonic()))
-        options = direct.DumpOptions(self.criu, self.paths.snapshot, self.paths.work,
-                                     frozen.freezer.directory, self.settings.file_locks,
-                                     self.settings.ext_unix_sk, self.settings.log_level)
+        options = self._direct_options(frozen.freezer)
         spare = self._take_spare(state.netns_path)
         try:
             async with asyncio.timeout(self.settings.timeout_s):
@@ -467,8 +478,7 @@ class CriuCheckpointer:
             return await self._checkpoint_failed(error, frozen, pid, time.monotonic() - start)
         marks.append(("criu", time.monotonic()))
         frozen.freezer.thaw()  # the killed tasks die; the restored ones must not start frozen
-        dumprecord.DumpRecord(netns_joined=state.netns_path is not None, masked=self._masked,
-                              tmpfs=self._tmpfs).write(self.paths.snapshot)
+        self._write_dump_record(netns_joined=state.netns_path is not None)
         duration = time.monotonic() - start
         self._dumped = (pid, dumped_start)
         image = _DirectImage(state, binds)
@@ -566,7 +576,7 @@ class CriuCheckpointer:
         of its libraries (3-4 ms on a quiet machine, 10-15 ms on a busy one). An idle swrk
         holds ~1 MiB of its own memory (6.5 MiB RSS, mostly shared libraries)."""
         await asyncio.sleep(SPARE_DELAY_S)
-        self._drop_spare()
+        self._end_spare()
         try:
             self._spare = (netns, Swrk.spawn(self.criu, netns=netns))
         except (SwrkError, OSError) as exc:
@@ -575,19 +585,24 @@ class CriuCheckpointer:
 
     def _take_spare(self, netns: str | None) -> Swrk | None:
         """The swrk started ahead for this dump, if it is for this network namespace."""
+        self._cancel_sparing()
+        if self._spare is not None and self._spare[0] == netns:
+            spare, self._spare = self._spare[1], None
+            return spare
+        self._end_spare()
+        return None
+
+    def _drop_spare(self) -> None:
+        """No swrk ahead any more: none started, none to be started."""
+        self._cancel_sparing()
+        self._end_spare()
+
+    def _cancel_sparing(self) -> None:
         if self._sparing is not None:
             self._sparing.cancel()
             self._sparing = None
-        spare, self._spare = self._spare, None
-        if spare is None:
-            return None
-        if spare[0] != netns:
-            spare[1].kill()
-            spare[1].close()
-            return None
-        return spare[1]
 
-    def _drop_spare(self) -> None:
+    def _end_spare(self) -> None:
         spare, self._spare = self._spare, None
         if spare is not None:
             spare[1].kill()

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from zeropod_core.netns import CLONE_NEWNET
+
 if TYPE_CHECKING:
     from ._pb import criu_rpc_pb2 as rpc
 from .lazy import LazyDaemon
@@ -43,7 +45,6 @@ log = logging.getLogger("zeropod.criu.direct")
 NETNS_FD = 4
 # How long a restore waits for a pre-spawned lazy-pages daemon to listen before going eager.
 LAZY_READY_S = 2.0
-CLONE_NEWNET = 0x40000000
 MS_BIND, MS_REC, MNT_DETACH = 0x1000, 0x4000, 0x2
 _libc = ctypes.CDLL(None, use_errno=True)
 

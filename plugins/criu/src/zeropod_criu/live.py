@@ -33,7 +33,7 @@ from zeropod_core.model import Outcome
 from zeropod_core.procfs import is_alive, process_start
 from zeropod_core.providers import RestoredProcess
 
-from . import direct, dumprecord, lazy, masked, runcstate, tmpfs
+from . import direct, lazy, runcstate
 from .criulog import TAIL_LINES, log_tail
 from .paths import make_private_dir, tree_size
 from .swrk import Swrk, SwrkError, response_error
@@ -59,16 +59,15 @@ class LiveDumpError(RuntimeError):
 
 
 async def lazy_dump(state: runcstate.RuncState, pid: int, options: direct.DumpOptions,
-                    port: int, on_ready: Callable[[], None], *, ready_timeout_s: float,
-                    pages_timeout_s: float = PAGES_TIMEOUT_S) -> None:
+                    mounts: direct.DumpMounts, port: int, on_ready: Callable[[], None], *,
+                    ready_timeout_s: float, pages_timeout_s: float = PAGES_TIMEOUT_S) -> None:
     """Dump ``pid`` lazily (see the module doc); ``on_ready`` is called once the image is
     written and the page server listens. Returns when every page left. Raises
     :class:`LiveDumpError` (CRIU is killed; the process stays frozen as it was)."""
     direct.write_descriptors(options.images, pid)
     # CRIU stays in the host's network namespace (the pod's is external, as with runc): its
     # page server listens on 127.0.0.1 for the manager's proxy
-    request = direct.dump_request(state, pid, options, direct.DumpMounts.read(state, pid),
-                                  in_pod_netns=False)
+    request = direct.dump_request(state, pid, options, mounts, in_pod_netns=False)
     opts = request.opts
     opts.lazy_pages = True
     opts.ps.address = PAGE_SERVER_HOST
@@ -145,16 +144,12 @@ async def hand_over(cp: CriuCheckpointer, port: int,
     if frozen.freezer is None:
         return Outcome(ok=False, duration_s=0.0,
                        error=f"container {cid}: cannot freeze its cgroup for a live dump")
-    cp._masked = cp._masked_dirs(pid)
-    cp._tmpfs = cp._structural_tmpfs(pid, direct.DumpMounts.read(state, pid))
-    cp._write_config(masked.dump_externals(cp._masked) + tmpfs.dump_externals(cp._tmpfs))
+    mounts = direct.DumpMounts.read(state, pid)
+    cp._declare_dump_externals(pid, mounts)
     # what the target's restore must declare travels with the image (.dumprecord)
-    dumprecord.DumpRecord(netns_joined=False, masked=cp._masked,
-                          tmpfs=cp._tmpfs).write(cp.paths.snapshot)
+    cp._write_dump_record(netns_joined=False)
     dumped_start = process_start(pid)
-    options = direct.DumpOptions(cp.criu, cp.paths.snapshot, cp.paths.work,
-                                 frozen.freezer.directory, cp.settings.file_locks,
-                                 cp.settings.ext_unix_sk, cp.settings.log_level)
+    options = cp._direct_options(frozen.freezer)
     ready_at = 0.0
 
     def signal_ready() -> None:
@@ -168,7 +163,7 @@ async def hand_over(cp: CriuCheckpointer, port: int,
         ready(image)
 
     try:
-        await lazy_dump(state, pid, options, port, signal_ready,
+        await lazy_dump(state, pid, options, mounts, port, signal_ready,
                         ready_timeout_s=cp.settings.timeout_s)
     except LiveDumpError as exc:
         tail = log_tail(cp.paths.work / "dump.log", TAIL_LINES)
