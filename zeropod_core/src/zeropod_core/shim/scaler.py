@@ -297,6 +297,15 @@ class Scaler:
         exited = self._expected_exits[pid] = asyncio.get_running_loop().create_future()
         return pid, exited
 
+    async def _leave_failed_dump(self, pid: int) -> None:
+        """Undo :meth:`_enter_dump` after a failed dump (the app runs on): no exit expected,
+        the redirect off, RUNNING again; counted as a checkpoint error."""
+        self._expected_exits.pop(pid, None)
+        self.checkpoint_errors += 1
+        if self.redirector is not None and self.activator is not None:
+            await self.redirector.release(self.ports)
+        self.phase = Phase.RUNNING
+
     async def scale_down(self) -> None:
         async with self.lock:
             if self.phase is not Phase.RUNNING or self._stopped or self.paused:
@@ -322,11 +331,7 @@ class Scaler:
                                                "image_bytes": outcome.image_bytes})
                 self._publish(Phase.SCALED_DOWN, outcome.duration_s)
                 return
-            self._expected_exits.pop(pid, None)
-            self.checkpoint_errors += 1
-            if self.redirector is not None and self.activator is not None:
-                await self.redirector.release(self.ports)
-            self.phase = Phase.RUNNING
+            await self._leave_failed_dump(pid)
             self._checkpoint_failed(outcome)
             self._publish(Phase.CHECKPOINT_FAILED, outcome.duration_s, outcome.log_tail)
         self.arm()
@@ -369,11 +374,7 @@ class Scaler:
                     "container": self.info.id, "duration_s": round(outcome.duration_s, 4)})
                 self._publish(Phase.SCALED_DOWN, outcome.duration_s)
                 return outcome
-            self._expected_exits.pop(pid, None)
-            self.checkpoint_errors += 1
-            if self.redirector is not None and self.activator is not None:
-                await self.redirector.release(self.ports)
-            self.phase = Phase.RUNNING
+            await self._leave_failed_dump(pid)
             log.error("live migration failed, the app keeps running here", extra={
                 "container": self.info.id, "error": outcome.error,
                 "log_tail": outcome.log_tail})
