@@ -30,6 +30,7 @@ from ._pb import transfer_pb2_grpc as pb_grpc
 from .annotations import UPPER, SourceInfo
 from .handover import handover_root
 from .imagefs import COMPRESSION_MODES, ImageReceiver, ImageSender, TransferError
+from .livegate import LiveGates
 from .tls import NodeCredentials
 
 log = logging.getLogger("zeropod.migration.service")
@@ -71,9 +72,11 @@ class ImageTransferServicer(pb_grpc.ImageTransferServicer):
     """Serves the images handed over by the node's shims (:mod:`.handover`) and those below
     ``image_root``; ``chunks`` makes the stream (tests swap it)."""
 
-    def __init__(self, image_root: Path, chunks: ChunkSource = _send_chunks) -> None:
+    def __init__(self, image_root: Path, chunks: ChunkSource = _send_chunks,
+                 gates: LiveGates | None = None) -> None:
         self.image_root, self._chunks = image_root, chunks
         self.roots = (handover_root(image_root), image_root)
+        self.gates = gates or LiveGates()
 
     async def PullImage(self, request: Any,
                         context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
@@ -81,6 +84,9 @@ class ImageTransferServicer(pb_grpc.ImageTransferServicer):
             image_id = check_image_id(request.image_id)
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        refused = await self.gates.wait(image_id)  # a live dump still being written
+        if refused:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, refused)
         folder = next((root / image_id / IMAGE_SUBDIR for root in self.roots
                        if (root / image_id / IMAGE_SUBDIR).is_dir()),
                       self.image_root / image_id / IMAGE_SUBDIR)
@@ -134,6 +140,7 @@ class ImageServer:
                  chunks: ChunkSource = _send_chunks) -> None:
         self.image_root, self.creds, self.listen = image_root, creds, listen
         self._servicer = ImageTransferServicer(image_root, chunks)
+        self.gates = self._servicer.gates  # live dumps in progress (the controller's)
         self._server: grpc.aio.Server | None = None
         self.port = 0
 
