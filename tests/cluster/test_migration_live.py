@@ -194,3 +194,29 @@ def test_a_page_stream_broken_midway_fails_it_and_the_target_starts_fresh(
     wait_for(f"{old} gone", _gone(lab, app, old), 120, 0.2)
     _nothing_left_of(lab, old_id)
     lab.delete_deployments()
+
+
+@pytest.mark.timeout(600)
+def test_an_unclaimed_live_migration_stops_the_source_as_usual(lab: MigrationLab) -> None:
+    """The Deployment is scaled to zero: the pod is deleted and no replacement claims its
+    ``Migration``. The source shim holds the kubelet's Kill until the claim timeout, then
+    the container is stopped as usual (the app ran until then), ``Unclaimed``."""
+    app = lab.deployment(scaledown="1h", extra_annotations=LIVE, probes=LIVE_PROBES)
+    pod = lab.wait_new_pod(app)
+    old, ip = pod["metadata"]["name"], pod["status"]["podIP"]
+    old_id = pod["status"]["containerStatuses"][0]["containerID"].rpartition("://")[2]
+    _get(ip)
+    with pipe_max_size_for_criu():
+        lab.cluster.kubectl("scale", "deployment", app, "--replicas=0")
+        wait_for("the Migration", lambda: lab.migration(old), 30, 0.1)
+        # held: the app still answers while the source waits for a claim
+        assert int(str(_get(ip)["count"])) == 2
+        phase = wait_for("the Migration's final phase", lambda: migration_phase(
+            lab.migration(old)) in ("Completed", "Failed", "Unclaimed") and migration_phase(
+            lab.migration(old)), 120, 0.2)
+    assert phase == "Unclaimed"
+    reason = lab.migration(old)["status"]["containers"][0]["condition"]["reason"]  # type: ignore[index]
+    assert "no pod claimed it" in reason
+    wait_for(f"{old} gone", _gone(lab, app, old), 120, 0.2)
+    _nothing_left_of(lab, old_id)
+    lab.delete_deployments()
