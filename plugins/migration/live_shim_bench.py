@@ -51,6 +51,7 @@ from zeropod_core.lab.containerd import ZEROPOD_RUNTIME, LabContainer, PrivateCo
 from zeropod_core.lab.http import HttpError, http_get
 from zeropod_core.lab.manager import LabManager
 from zeropod_core.lab.netns import PodNetwork
+from zeropod_core.lab.pipes import pipe_max_size_for_criu
 from zeropod_migration.live import (
     SourceHandOver,
     TargetArrival,
@@ -62,21 +63,6 @@ from zeropod_migration.tls import ClusterCA, NodeCredentials
 LIVE_MIGRATE = "zeropod.ctrox.dev/live-migrate"
 PORT = 8080
 NOTE = "/live-note.txt"
-PIPE_MAX_SIZE = Path("/proc/sys/fs/pipe-max-size")
-CRIU_PIPE_BYTES = 4 << 20
-
-
-@contextmanager
-def pipe_max_size_for_criu() -> Iterator[None]:
-    """Raise ``fs.pipe-max-size`` to CRIU's 4 MiB page-server pipes and put it back."""
-    old = int(PIPE_MAX_SIZE.read_text())
-    if old < CRIU_PIPE_BYTES:
-        PIPE_MAX_SIZE.write_text(str(CRIU_PIPE_BYTES))
-    try:
-        yield
-    finally:
-        if old < CRIU_PIPE_BYTES:
-            PIPE_MAX_SIZE.write_text(str(old))
 
 
 @dataclass
