@@ -19,6 +19,7 @@ managers report live migration unavailable then, and skips the refusal case othe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
@@ -58,6 +59,18 @@ def _get(ip: str, path: str = "/") -> dict[str, object]:
 
 def _note(lab: MigrationLab, pod: str) -> str:
     return lab.exec(pod, "/usr/bin/python3", "-c", "print(open('/note.txt').read(), end='')")
+
+
+def _files_log(lab: MigrationLab) -> str:
+    """What the shims and managers said about the files that travel (for a failure)."""
+    lines = []
+    for node in lab.cluster.nodes[:2]:
+        with contextlib.suppress(OSError):
+            lines += [f"{node.name}: {line[:400]}" for line in
+                      (node.base / "containerd.log").read_text().splitlines()
+                      if "upper" in line or "files of the migrated" in line
+                      or "not an overlay" in line]
+    return "\n".join(lines[-20:])
 
 
 def _nothing_left_of(lab: MigrationLab, container_id: str) -> None:
@@ -104,7 +117,7 @@ def test_a_running_pod_moves_live_between_the_nodes(lab: MigrationLab, mib: int)
             assert pod["spec"]["nodeName"] == target.name
             ip = pod["status"]["podIP"]
             assert _get(ip, "/crc") == {"crc_ok": True, "mib": mib}
-            assert _note(lab, moved.new_pod) == NOTE
+            assert _note(lab, moved.new_pod) == NOTE, _files_log(lab)
             assert moved.bytes_moved > mib << 20  # every page crossed the proxies
             migration = lab.migration(moved.old_pod)
             assert migration is not None
