@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,7 +33,7 @@ from zeropod_core.model import Outcome
 from zeropod_core.procfs import is_alive, process_start
 from zeropod_core.providers import RestoredProcess
 
-from . import direct, lazy, runcstate
+from . import direct, eager, lazy, runcstate
 from .criulog import TAIL_LINES, log_tail
 from .paths import make_private_dir, tree_size
 from .swrk import Swrk, SwrkError, response_error
@@ -59,11 +59,13 @@ class LiveDumpError(RuntimeError):
 
 
 async def lazy_dump(state: runcstate.RuncState, pid: int, options: direct.DumpOptions,
-                    mounts: direct.DumpMounts, port: int, on_ready: Callable[[], None], *,
+                    mounts: direct.DumpMounts, port: int,
+                    on_ready: Callable[[], Awaitable[None]], *,
                     ready_timeout_s: float, pages_timeout_s: float = PAGES_TIMEOUT_S) -> None:
-    """Dump ``pid`` lazily (see the module doc); ``on_ready`` is called once the image is
-    written and the page server listens. Returns when every page left. Raises
-    :class:`LiveDumpError` (CRIU is killed; the process stays frozen as it was)."""
+    """Dump ``pid`` lazily (see the module doc); ``on_ready`` is awaited once the image is
+    written and the page server listens (the process is still frozen). Returns when every
+    page left. Raises :class:`LiveDumpError` (CRIU is killed; the process stays frozen as
+    it was)."""
     direct.write_descriptors(options.images, pid)
     # CRIU stays in the host's network namespace (the pod's is external, as with runc): its
     # page server listens on 127.0.0.1 for the manager's proxy
@@ -98,7 +100,7 @@ async def lazy_dump(state: runcstate.RuncState, pid: int, options: direct.DumpOp
                                      return_when=asyncio.FIRST_COMPLETED)
         if ready in done and ready.result():
             signalled = True
-            on_ready()
+            await on_ready()
         elif not done:
             raise LiveDumpError(f"the lazy dump was not ready within {ready_timeout_s} s",
                                 ready=False)
@@ -152,13 +154,18 @@ async def hand_over(cp: CriuCheckpointer, port: int,
     options = cp._direct_options(frozen.freezer)
     ready_at = 0.0
 
-    def signal_ready() -> None:
+    async def signal_ready() -> None:
         nonlocal ready_at
+        dumped_at = time.monotonic()
+        eager_bytes = await _copy_small_runs(cp, pid)
         ready_at = time.monotonic()
         image = Outcome(ok=True, duration_s=ready_at - start,
                         image_bytes=tree_size(cp.paths.snapshot))
         log.info("live dump ready: the image is written, pages wait behind the page server",
                  extra={"container": cid, "port": port, "image_bytes": image.image_bytes,
+                        "eager_bytes": eager_bytes,
+                        "dump_ms": round((dumped_at - start) * 1e3, 1),
+                        "copy_ms": round((ready_at - dumped_at) * 1e3, 1),
                         "duration_ms": round(image.duration_s * 1e3, 1)})
         ready(image)
 
@@ -186,6 +193,19 @@ async def hand_over(cp: CriuCheckpointer, port: int,
         "container": cid, "pid": pid, "ready_ms": round((ready_at - start) * 1e3, 1),
         "pages_ms": round((done - ready_at) * 1e3, 1)})
     return Outcome(ok=True, duration_s=done - start)
+
+
+async def _copy_small_runs(cp: CriuCheckpointer, pid: int) -> int:
+    """The small lazy runs into the image (:func:`.eager.fetch_small_runs`), within the
+    settings' ``lazy_eager_mib``; bytes copied, 0 when it failed (all pages stay lazy)."""
+    budget = cp.settings.lazy_eager_mib << 20
+    try:
+        return await asyncio.to_thread(eager.fetch_small_runs, cp.paths.snapshot, budget, pid)
+    except (OSError, ValueError) as exc:
+        log.warning("the small runs of pages stay lazy too (the target fetches them on "
+                    "its first faults)", extra={"container": cp.container.id,
+                                               "error": str(exc)})
+        return 0
 
 
 def remote_page_server(snapshot: Path) -> tuple[str, int] | None:
