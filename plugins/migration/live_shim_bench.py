@@ -207,7 +207,8 @@ async def move(src: Node, dst: Node, src_id: str, dst_id: str, mib: int) -> Roun
             await find_shim_socket(dst.containerd.node_socket_dir, dst_id), dst_id)
         await source.finished()
         t_done = time.monotonic()
-        await asyncio.to_thread(_keep_criu_logs, dst, dst_id)
+        await asyncio.to_thread(_keep_criu_logs, dst, dst_id, ("lazy-pages.log", "restore.log"))
+        await asyncio.to_thread(_keep_criu_logs, src, src_id, ("dump.log",))
         crc = await asyncio.to_thread(get, dst, "/crc")
         note = await asyncio.to_thread(exec_in, dst, dst_id,
                                        f"print(open({NOTE!r}).read(), end='')")
@@ -227,13 +228,14 @@ async def move(src: Node, dst: Node, src_id: str, dst_id: str, mib: int) -> Roun
                 await create
 
 
-def _keep_criu_logs(node: Node, container_id: str) -> None:
-    """With ZEROPOD_LIVE_KEEP_LOGS: the target restore's CRIU logs, for where time goes."""
+def _keep_criu_logs(node: Node, container_id: str, names: tuple[str, ...]) -> None:
+    """With ZEROPOD_LIVE_KEEP_LOGS: CRIU's logs ``names`` of ``container_id`` (the source's
+    dump, the target's restore), for where time goes."""
     keep = os.environ.get("ZEROPOD_LIVE_KEEP_LOGS")
     if not keep:
         return
     Path(keep).mkdir(parents=True, exist_ok=True)
-    for name in ("lazy-pages.log", "restore.log"):
+    for name in names:
         with contextlib.suppress(OSError):
             shutil.copy(node.containerd.image_root / container_id / "work" / name,
                         Path(keep) / f"{container_id}-{name}")

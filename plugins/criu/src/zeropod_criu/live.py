@@ -58,6 +58,24 @@ class LiveDumpError(RuntimeError):
         self.ready = ready
 
 
+def loopback_config(state: runcstate.RuncState, work: Path) -> Path:
+    """The container's CRIU configuration plus ``address 127.0.0.1``, in ``work``.
+
+    CRIU's RPC ignores ``opts.ps.address`` (and ``ps.fd``) for a lazy dump and binds its page
+    server to *every* address of the node (``INADDR_ANY``): whoever connected first could read
+    the app's memory, or block the target. Only the configuration file can set the address.
+    """
+    text = ""
+    if state.criu_config:
+        with contextlib.suppress(FileNotFoundError):
+            text = Path(state.criu_config).read_text()
+    path = work / "live-dump.conf"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(f"{text.rstrip()}\naddress {PAGE_SERVER_HOST}\n".lstrip())
+    return path
+
+
 async def lazy_dump(state: runcstate.RuncState, pid: int, options: direct.DumpOptions,
                     mounts: direct.DumpMounts, port: int,
                     on_ready: Callable[[], Awaitable[None]], *,
@@ -72,7 +90,7 @@ async def lazy_dump(state: runcstate.RuncState, pid: int, options: direct.DumpOp
     request = direct.dump_request(state, pid, options, mounts, in_pod_netns=False)
     opts = request.opts
     opts.lazy_pages = True
-    opts.ps.address = PAGE_SERVER_HOST
+    opts.ps.address = PAGE_SERVER_HOST  # (ignored by CRIU 4.2; see loopback_config)
     opts.ps.port = port
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
     opts.status_fd = status_w
@@ -92,7 +110,8 @@ async def lazy_dump(state: runcstate.RuncState, pid: int, options: direct.DumpOp
     loop.add_reader(status_r, on_status)
     answer = loop.create_task(direct.call(
         swrk, request, options.images, options.work, state, "dump.log", options.log_level,
-        options.file_locks, options.ext_unix_sk), name=f"criu-lazy-dump-{pid}")
+        options.file_locks, options.ext_unix_sk,
+        config_file=str(loopback_config(state, options.work))), name=f"criu-lazy-dump-{pid}")
     signalled = False
     try:
         waiting: set[asyncio.Future[object]] = {answer, ready}  # type: ignore[arg-type]
