@@ -58,17 +58,18 @@ class LiveDumpError(RuntimeError):
         self.ready = ready
 
 
-def loopback_config(state: runcstate.RuncState, work: Path) -> Path:
-    """The container's CRIU configuration plus ``address 127.0.0.1``, in ``work``.
+def loopback_config(container_config: str | None, work: Path) -> Path:
+    """The container's CRIU configuration file (``container_config``, if any) plus
+    ``address 127.0.0.1``, written to ``work``.
 
     CRIU's RPC ignores ``opts.ps.address`` (and ``ps.fd``) for a lazy dump and binds its page
     server to *every* address of the node (``INADDR_ANY``): whoever connected first could read
     the app's memory, or block the target. Only the configuration file can set the address.
     """
     text = ""
-    if state.criu_config:
+    if container_config:
         with contextlib.suppress(FileNotFoundError):
-            text = Path(state.criu_config).read_text()
+            text = Path(container_config).read_text()
     path = work / "live-dump.conf"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w") as out:
@@ -92,6 +93,11 @@ async def lazy_dump(state: runcstate.RuncState, pid: int, options: direct.DumpOp
     opts.lazy_pages = True
     opts.ps.address = PAGE_SERVER_HOST  # (ignored by CRIU 4.2; see loopback_config)
     opts.ps.port = port
+    try:
+        config = str(loopback_config(state.criu_config, options.work))
+    except OSError as exc:
+        raise LiveDumpError(f"cannot write the lazy dump's CRIU config: {exc}",
+                            ready=False) from exc
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
     opts.status_fd = status_w
     try:
@@ -110,8 +116,8 @@ async def lazy_dump(state: runcstate.RuncState, pid: int, options: direct.DumpOp
     loop.add_reader(status_r, on_status)
     answer = loop.create_task(direct.call(
         swrk, request, options.images, options.work, state, "dump.log", options.log_level,
-        options.file_locks, options.ext_unix_sk,
-        config_file=str(loopback_config(state, options.work))), name=f"criu-lazy-dump-{pid}")
+        options.file_locks, options.ext_unix_sk, config_file=config),
+        name=f"criu-lazy-dump-{pid}")
     signalled = False
     try:
         waiting: set[asyncio.Future[object]] = {answer, ready}  # type: ignore[arg-type]
