@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -79,12 +80,12 @@ def loopback_config(container_config: str | None, work: Path) -> Path:
 
 async def lazy_dump(state: runcstate.RuncState, pid: int, options: direct.DumpOptions,
                     mounts: direct.DumpMounts, port: int,
-                    on_ready: Callable[[], Awaitable[None]], *,
+                    on_ready: Callable[[], Awaitable[None]], swrk: Swrk | None = None, *,
                     ready_timeout_s: float, pages_timeout_s: float = PAGES_TIMEOUT_S) -> None:
     """Dump ``pid`` lazily (see the module doc); ``on_ready`` is awaited once the image is
     written and the page server listens (the process is still frozen). Returns when every
-    page left. Raises :class:`LiveDumpError` (CRIU is killed; the process stays frozen as
-    it was)."""
+    page left. ``swrk``: a CRIU started ahead (used up either way). Raises
+    :class:`LiveDumpError` (CRIU is killed; the process stays frozen as it was)."""
     direct.write_descriptors(options.images, pid)
     # CRIU stays in the host's network namespace (the pod's is external, as with runc): its
     # page server listens on 127.0.0.1 for the manager's proxy
@@ -95,17 +96,17 @@ async def lazy_dump(state: runcstate.RuncState, pid: int, options: direct.DumpOp
     opts.ps.port = port
     try:
         config = str(loopback_config(state.criu_config, options.work))
-    except OSError as exc:
-        raise LiveDumpError(f"cannot write the lazy dump's CRIU config: {exc}",
-                            ready=False) from exc
+        if swrk is None or not swrk.alive:
+            if swrk is not None:
+                swrk.close()
+            swrk = Swrk.spawn(options.criu)
+    except (OSError, SwrkError) as exc:
+        if swrk is not None:
+            swrk.kill()
+            swrk.close()
+        raise LiveDumpError(f"cannot start the lazy dump: {exc}", ready=False) from exc
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
     opts.status_fd = status_w
-    try:
-        swrk = Swrk.spawn(options.criu)
-    except SwrkError as exc:
-        os.close(status_r)
-        os.close(status_w)
-        raise LiveDumpError(str(exc), ready=False) from exc
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[bool] = loop.create_future()
 
@@ -165,37 +166,52 @@ async def hand_over(cp: CriuCheckpointer, port: int,
         return Outcome(ok=False, duration_s=0.0,
                        error=f"container {cid} cannot move live (CRIU's direct mode): {state}")
     start = time.monotonic()
+    marks = [("start", start)]
+    try:
+        # CRIU starts (exec, its libraries) while the dump is prepared
+        swrk = Swrk.spawn(cp.criu)
+    except SwrkError as exc:
+        return Outcome(ok=False, duration_s=0.0, error=f"container {cid}: {exc}")
     pid = cp.runtime.init_pid
-    await asyncio.to_thread(cp.paths.prepare_checkpoint, pre_dump=False)
-    frozen = await cp._freeze(pid)
-    if frozen.freezer is None:
-        return Outcome(ok=False, duration_s=0.0,
-                       error=f"container {cid}: cannot freeze its cgroup for a live dump")
-    mounts = direct.DumpMounts.read(state, pid)
-    cp._declare_dump_externals(pid, mounts)
-    # what the target's restore must declare travels with the image (.dumprecord)
-    cp._write_dump_record(netns_joined=False)
-    dumped_start = process_start(pid)
-    options = cp._direct_options(frozen.freezer)
+    try:
+        await asyncio.to_thread(cp.paths.prepare_checkpoint, pre_dump=False)
+        marks.append(("prepare", time.monotonic()))
+        frozen = await cp._freeze(pid)
+        if frozen.freezer is None:
+            swrk.kill()
+            swrk.close()
+            return Outcome(ok=False, duration_s=0.0,
+                           error=f"container {cid}: cannot freeze its cgroup for a live dump")
+        marks.append(("freeze", time.monotonic()))
+        mounts = direct.DumpMounts.read(state, pid)
+        cp._declare_dump_externals(pid, mounts)
+        # what the target's restore must declare travels with the image (.dumprecord)
+        cp._write_dump_record(netns_joined=False)
+        dumped_start = process_start(pid)
+        options = cp._direct_options(frozen.freezer)
+        marks.append(("mounts", time.monotonic()))
+    except BaseException:
+        swrk.kill()
+        swrk.close()
+        raise
     ready_at = 0.0
 
     async def signal_ready() -> None:
         nonlocal ready_at
-        dumped_at = time.monotonic()
+        marks.append(("criu", time.monotonic()))
         eager_bytes = await _copy_small_runs(cp, pid)
         ready_at = time.monotonic()
+        marks.append(("copy", ready_at))
         image = Outcome(ok=True, duration_s=ready_at - start,
                         image_bytes=tree_size(cp.paths.snapshot))
         log.info("live dump ready: the image is written, pages wait behind the page server",
                  extra={"container": cid, "port": port, "image_bytes": image.image_bytes,
-                        "eager_bytes": eager_bytes,
-                        "dump_ms": round((dumped_at - start) * 1e3, 1),
-                        "copy_ms": round((ready_at - dumped_at) * 1e3, 1),
+                        "eager_bytes": eager_bytes, "phases_ms": _phases(marks),
                         "duration_ms": round(image.duration_s * 1e3, 1)})
         ready(image)
 
     try:
-        await lazy_dump(state, pid, options, mounts, port, signal_ready,
+        await lazy_dump(state, pid, options, mounts, port, signal_ready, swrk,
                         ready_timeout_s=cp.settings.timeout_s)
     except LiveDumpError as exc:
         tail = log_tail(cp.paths.work / "dump.log", TAIL_LINES)
@@ -218,6 +234,12 @@ async def hand_over(cp: CriuCheckpointer, port: int,
         "container": cid, "pid": pid, "ready_ms": round((ready_at - start) * 1e3, 1),
         "pages_ms": round((done - ready_at) * 1e3, 1)})
     return Outcome(ok=True, duration_s=done - start)
+
+
+def _phases(marks: list[tuple[str, float]]) -> dict[str, float]:
+    """Milliseconds between consecutive ``(name, time.monotonic())`` marks."""
+    return {name: round((at - before) * 1e3, 1)
+            for (_, before), (name, at) in itertools.pairwise(marks)}
 
 
 async def _copy_small_runs(cp: CriuCheckpointer, pid: int) -> int:
