@@ -2,19 +2,21 @@
 
 **Source** (:func:`hand_over`): the container's cgroup is frozen first (as for a direct dump),
 then one CRIU RPC DUMP with ``lazy_pages`` and a page server on ``127.0.0.1:<port>``: CRIU
-writes everything but the anonymous memory, reports on its status fd ("ready": the caller
-lets the target pull the small image now), and serves the pages from the still frozen
-process until the target's ``criu lazy-pages`` has them all; only then does the RPC answer,
-and CRIU kills the process. CRIU resolves ``status_fd`` as ``/proc/<our pid>/fd/N`` (the
-socket pair's creator), so the pipe is ours and stays open until the answer.
+writes everything but the anonymous memory, reports on its status fd ("ready"), and serves
+the pages from the still frozen process until the target's ``criu lazy-pages`` has them all;
+only then does the RPC answer, and CRIU kills the process. CRIU resolves ``status_fd`` as
+``/proc/<our pid>/fd/N`` (the socket pair's creator), so the pipe is ours and stays open
+until the answer. At "ready" the small runs of lazy pages are copied into the image
+(:func:`.eager.fetch_small_runs`); then the caller lets the target pull it.
 
 **Target** (:func:`restore_remote`): the migration plugin leaves :data:`LIVE_FILE` next to the
-pulled image, naming the loopback port of its page-server proxy. The restore starts ``criu
-lazy-pages --page-server`` against it, then ``runc restore --lazy-pages`` (no runc state
-exists for a container that arrived: ``runc create`` was skipped); the app runs while its
-pages stream in. The daemon's exit status then decides as for a local lazy restore
-(:mod:`.lazy`): the images go after a status of 0, otherwise the app is killed (pages that
-never came would read as zeros).
+pulled image, naming the loopback port of its page-server proxy. ``criu lazy-pages
+--page-server`` against it starts when the checkpointer is made in ``Create``
+(:func:`start_arrival_daemon`); the restore after ``Start`` is ``runc restore --lazy-pages``
+(no runc state exists for a container that arrived: ``runc create`` was skipped); the app
+runs while its pages stream in. The daemon's exit status then decides as for a local lazy
+restore (:mod:`.lazy`): the images go after a status of 0, otherwise the app is killed
+(pages that never came would read as zeros).
 """
 
 from __future__ import annotations
