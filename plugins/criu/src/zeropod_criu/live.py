@@ -175,6 +175,7 @@ async def hand_over(cp: CriuCheckpointer, port: int,
     except SwrkError as exc:
         return Outcome(ok=False, duration_s=0.0, error=f"container {cid}: {exc}")
     pid = cp.runtime.init_pid
+    frozen = None
     try:
         await asyncio.to_thread(cp.paths.prepare_checkpoint, pre_dump=False)
         marks.append(("prepare", time.monotonic()))
@@ -195,6 +196,8 @@ async def hand_over(cp: CriuCheckpointer, port: int,
     except BaseException:
         swrk.kill()
         swrk.close()
+        if frozen is not None and frozen.freezer is not None:
+            frozen.freezer.thaw()  # nothing was dumped: the app runs on
         raise
     ready_at = 0.0
 
