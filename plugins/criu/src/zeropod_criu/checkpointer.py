@@ -425,7 +425,11 @@ class CriuCheckpointer:
         milliseconds ``Create`` need not wait for."""
         if live.remote_page_server(self.paths.snapshot) is None:
             return
-        self._arrival_daemon = asyncio.get_running_loop().create_task(
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # (no loop: the restore starts the daemon itself)
+            return
+        self._arrival_daemon = loop.create_task(
             asyncio.to_thread(live.start_arrival_daemon, self),
             name=f"criu-arrival-{self.container.id}")
 
