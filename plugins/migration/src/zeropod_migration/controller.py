@@ -44,7 +44,6 @@ from zeropod_core.config import parse_names
 from zeropod_core.manager.kube import KubeApi, KubeError
 from zeropod_core.providers import NodeView
 
-from . import image_ports
 from .annotations import LIVE_MIGRATE, MIGRATE
 from .capabilities import live_migration_support
 from .crd import (
@@ -144,7 +143,6 @@ class MigrationController:
                 **({"problem": self._problem} if self._problem else {})}
 
     async def run(self) -> None:
-        await asyncio.to_thread(image_ports.preload)
         await asyncio.gather(
             self._follow("pods", lambda: self.kube.list_pods(
                 field_selector=f"spec.nodeName={self.node_name}"),
