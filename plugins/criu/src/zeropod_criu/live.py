@@ -134,14 +134,18 @@ async def lazy_dump(state: runcstate.RuncState, pid: int, options: direct.DumpOp
                                 ready=False)
         async with asyncio.timeout(pages_timeout_s):
             response = await answer
-    except (SwrkError, OSError, TimeoutError) as exc:
-        raise LiveDumpError(f"criu lazy dump: {exc or 'the target did not take every page'}",
-                            ready=signalled) from exc
+    except TimeoutError as exc:
+        raise LiveDumpError(f"criu lazy dump: the target did not take every page within "
+                            f"{pages_timeout_s:g} s", ready=signalled) from exc
+    except (SwrkError, OSError) as exc:
+        raise LiveDumpError(f"criu lazy dump: {exc}", ready=signalled) from exc
     finally:
         loop.remove_reader(status_r)
         os.close(status_r)
         os.close(status_w)
-        if not answer.done():
+        # no answer (a timeout cancels the awaited call too): CRIU may still sit in its page
+        # server's accept() holding the frozen app; only its end lets the app go
+        if not answer.done() or answer.cancelled():
             swrk.kill()
             answer.cancel()
             with contextlib.suppress(BaseException):

@@ -284,10 +284,11 @@ class MigrationController:
                       extra={"pod": f"{namespace}/{name}", "error": str(exc)})
             return
         self.counters.created += 1
-        created = replace(created, status=tuple(statuses))
-        written = await self.writer.call(self.kube.replace_custom, GROUP, VERSION, PLURAL,
-                                   created.to_json(), status=True)
-        migration = Migration.from_json(written)
+        # read-edit-write: the garbage collector may touch it at once (a ReplicaSet being
+        # deleted), and a conflict must not lose the Migration's phases
+        written = await self.writer.update(namespace, name, lambda current: replace(
+            current, status=tuple(statuses)), status=True)
+        migration = written or replace(created, status=tuple(statuses))
         self._mine[(namespace, name)] = migration
         log.info("migration created", extra={
             "migration": f"{namespace}/{name}", "template_hash": template_hash,
