@@ -145,6 +145,36 @@ def test_the_source_manager_down_fails_the_migration_and_its_restart_cleans_up(
     _cleaned_up(lab, old, old_id, criu_before)
 
 
+def test_a_source_manager_crashed_before_the_deletion_makes_no_migration_and_its_restart_cleans_up(
+        lab: MigrationLab) -> None:
+    """The source manager crashed (SIGKILL) before the pod was deleted: nobody makes a
+    Migration, the replacement starts fresh after the find timeout; the shim, seeing the
+    crashed manager's node API socket, still handed the image over, and the restarted
+    manager removes it as an orphan after the claim timeout."""
+    app = lab.deployment()
+    pod, _ = k8s._sleeping_pod(lab, app, "nobody watched me go")
+    old, old_id = pod["metadata"]["name"], _ids(pod)
+    criu_before = lab.source.criu_pids() | lab.target.criu_pids()
+
+    lab.source.stop_manager(crash=True)
+    try:
+        lab.towards_target()
+        lab.cluster.kubectl("delete", "pod", old, "--wait=false")
+        new = lab.wait_new_pod(app, exclude=[old])
+        assert new["spec"]["nodeName"] == lab.target.name
+        assert k8s._get(new["status"]["podIP"])["count"] == 1  # a fresh app
+        wait_for(f"{old} gone", lambda: old not in {
+            p["metadata"]["name"] for p in lab.pods(app)}, 60, 0.2)
+        assert lab.migration(old) is None
+        assert (lab.source.handover_root / old_id / "snapshot" / "inventory.img").is_file()
+    finally:
+        lab.source.restart_manager()
+    wait_for("the restarted source manager removing the orphaned hand-over",
+             lambda: not (lab.source.handover_root / old_id).exists(),
+             k8s.CLAIM_TIMEOUT_S + 30, 0.2)
+    _cleaned_up(lab, old, old_id, criu_before)
+
+
 def test_after_the_failures_a_move_through_the_relay_still_works(lab: MigrationLab) -> None:
     """The restarted source manager serves again, and the relay passes a whole image."""
     k8s.test_a_sleeping_deployment_pod_moves_with_its_memory_and_files(lab)

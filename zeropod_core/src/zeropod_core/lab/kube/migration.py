@@ -81,9 +81,13 @@ class MigrationNode:
                     pids.add(pid)
         return pids
 
-    def stop_manager(self) -> None:
-        """The node's manager goes down (SIGTERM by PID, as a DaemonSet rollout or a node
-        agent's crash loop would leave it)."""
+    def stop_manager(self, *, crash: bool = False) -> None:
+        """The node's manager goes down: SIGTERM by PID (a clean stop, as in a DaemonSet
+        rollout: it removes its node API socket), or with ``crash`` SIGKILL (it leaves the
+        socket behind, as a crashed manager does)."""
+        if crash and self.manager.process.poll() is None:
+            self.manager.process.kill()
+            self.manager.process.wait()
         self.manager.stop()
 
     def restart_manager(self) -> None:
