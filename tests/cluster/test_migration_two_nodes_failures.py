@@ -169,9 +169,12 @@ def test_a_source_manager_crashed_before_the_deletion_makes_no_migration_and_its
         assert (lab.source.handover_root / old_id / "snapshot" / "inventory.img").is_file()
     finally:
         lab.source.restart_manager()
-    wait_for("the restarted source manager removing the orphaned hand-over",
-             lambda: not (lab.source.handover_root / old_id).exists(),
-             k8s.CLAIM_TIMEOUT_S + 30, 0.2)
+    try:
+        wait_for("the restarted source manager removing the orphaned hand-over",
+                 lambda: not (lab.source.handover_root / old_id).exists(),
+                 k8s.CLAIM_TIMEOUT_S + 30, 0.2)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the source manager's log:\n{lab.source.log_tail()}") from None
     _cleaned_up(lab, old, old_id, criu_before)
 
 

@@ -81,6 +81,13 @@ class MigrationNode:
                     pids.add(pid)
         return pids
 
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of the node's manager log (all its runs), for a failing test's message."""
+        try:
+            return "\n".join(self.manager.log_path.read_text().splitlines()[-lines:])
+        except OSError as exc:
+            return f"(no manager log: {exc})"
+
     def stop_manager(self, *, crash: bool = False) -> None:
         """The node's manager goes down: SIGTERM by PID (a clean stop, as in a DaemonSet
         rollout: it removes its node API socket), or with ``crash`` SIGKILL (it leaves the
