@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 import secrets
@@ -51,6 +52,7 @@ from zeropod_core.lab.containerd import ZEROPOD_RUNTIME, LabContainer, PrivateCo
 from zeropod_core.lab.http import HttpError, http_get
 from zeropod_core.lab.manager import LabManager
 from zeropod_core.lab.netns import PodNetwork
+from zeropod_core.lab.pipes import pipe_max_size_for_criu
 from zeropod_migration.live import (
     SourceHandOver,
     TargetArrival,
@@ -62,21 +64,6 @@ from zeropod_migration.tls import ClusterCA, NodeCredentials
 LIVE_MIGRATE = "zeropod.ctrox.dev/live-migrate"
 PORT = 8080
 NOTE = "/live-note.txt"
-PIPE_MAX_SIZE = Path("/proc/sys/fs/pipe-max-size")
-CRIU_PIPE_BYTES = 4 << 20
-
-
-@contextmanager
-def pipe_max_size_for_criu() -> Iterator[None]:
-    """Raise ``fs.pipe-max-size`` to CRIU's 4 MiB page-server pipes and put it back."""
-    old = int(PIPE_MAX_SIZE.read_text())
-    if old < CRIU_PIPE_BYTES:
-        PIPE_MAX_SIZE.write_text(str(CRIU_PIPE_BYTES))
-    try:
-        yield
-    finally:
-        if old < CRIU_PIPE_BYTES:
-            PIPE_MAX_SIZE.write_text(str(old))
 
 
 @dataclass
@@ -171,10 +158,33 @@ class Round:
     crc: dict[str, object]
     paused_at: float
     restored_at: float
+    # with check_listen: the addresses CRIU's page server listened on at READY
+    page_server_listen: list[str]
 
 
-async def move(src: Node, dst: Node, src_id: str, dst_id: str, mib: int) -> Round:
-    """One live migration of the running ``src_id`` on ``src`` to ``dst_id`` on ``dst``."""
+def listening_on(port: int, tables: tuple[str, ...] = ("/proc/net/tcp", "/proc/net/tcp6"),
+                 ) -> list[str]:
+    """The local addresses (this network namespace) with a TCP socket listening on ``port``."""
+    found = []
+    for table in tables:
+        with contextlib.suppress(OSError), open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                address, _, hex_port = fields[1].partition(":")
+                if fields[3] != "0A" or int(hex_port, 16) != port:  # 0A: LISTEN
+                    continue
+                raw = bytes.fromhex(address)
+                # the kernel prints each 32-bit word in host (little-endian) order
+                words = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                found.append(str(ipaddress.ip_address(words)))
+    return found
+
+
+async def move(src: Node, dst: Node, src_id: str, dst_id: str, mib: int, *,
+               check_listen: bool = False) -> Round:
+    """One live migration of the running ``src_id`` on ``src`` to ``dst_id`` on ``dst``;
+    ``check_listen``: note where CRIU's page server listens (outside the timed steps' way,
+    but between READY and the pull: a test, not the benchmark)."""
     shim = await find_shim_socket(src.containerd.node_socket_dir, src_id)
     source = SourceHandOver(src.creds, shim, src_id, listen=("127.0.0.1", 0))
     proxy_port = await source.prepare()
@@ -193,6 +203,7 @@ async def move(src: Node, dst: Node, src_id: str, dst_id: str, mib: int) -> Roun
         t_last = time.monotonic()
         paused = await source.dump()
         t_ready = time.monotonic()
+        listen = listening_on(source.criu_port) if check_listen else []
         received = await target.receive(src_id, source_label=f"{src.name}/{src_id}")
         t_pulled = time.monotonic()
         first = await asyncio.to_thread(get, dst)
@@ -207,7 +218,8 @@ async def move(src: Node, dst: Node, src_id: str, dst_id: str, mib: int) -> Roun
             await find_shim_socket(dst.containerd.node_socket_dir, dst_id), dst_id)
         await source.finished()
         t_done = time.monotonic()
-        await asyncio.to_thread(_keep_criu_logs, dst, dst_id)
+        await asyncio.to_thread(_keep_criu_logs, dst, dst_id, ("lazy-pages.log", "restore.log"))
+        await asyncio.to_thread(_keep_criu_logs, src, src_id, ("dump.log",))
         crc = await asyncio.to_thread(get, dst, "/crc")
         note = await asyncio.to_thread(exec_in, dst, dst_id,
                                        f"print(open({NOTE!r}).read(), end='')")
@@ -218,7 +230,8 @@ async def move(src: Node, dst: Node, src_id: str, dst_id: str, mib: int) -> Roun
                      pull_s=t_pulled - t_ready, create_s=t_waiting - t_create,
                      image_bytes=received.pull.raw_bytes if received.pull else 0,
                      pages_bytes=source.bytes_moved, count=int(str(first["count"])),
-                     note=note, crc=crc, paused_at=paused.paused_at, restored_at=restored_at)
+                     note=note, crc=crc, paused_at=paused.paused_at, restored_at=restored_at,
+                     page_server_listen=listen)
     finally:
         await target.close()
         await source.close()
@@ -227,13 +240,14 @@ async def move(src: Node, dst: Node, src_id: str, dst_id: str, mib: int) -> Roun
                 await create
 
 
-def _keep_criu_logs(node: Node, container_id: str) -> None:
-    """With ZEROPOD_LIVE_KEEP_LOGS: the target restore's CRIU logs, for where time goes."""
+def _keep_criu_logs(node: Node, container_id: str, names: tuple[str, ...]) -> None:
+    """With ZEROPOD_LIVE_KEEP_LOGS: CRIU's logs ``names`` of ``container_id`` (the source's
+    dump, the target's restore), for where time goes."""
     keep = os.environ.get("ZEROPOD_LIVE_KEEP_LOGS")
     if not keep:
         return
     Path(keep).mkdir(parents=True, exist_ok=True)
-    for name in ("lazy-pages.log", "restore.log"):
+    for name in names:
         with contextlib.suppress(OSError):
             shutil.copy(node.containerd.image_root / container_id / "work" / name,
                         Path(keep) / f"{container_id}-{name}")
@@ -271,16 +285,18 @@ def start_app(node: Node, container_id: str, mib: int) -> int:
     return int(str(get(node)["count"]))
 
 
-def rounds(nodes: tuple[Node, Node], mib: int, count: int) -> list[Round]:
+def rounds(nodes: tuple[Node, Node], mib: int, count: int, *,
+           check_listen: bool = False) -> list[Round]:
     """``count`` live migrations A -> B -> A ..., each checked; the source removed and
-    checked clean after each one."""
+    checked clean after each one (``check_listen``: see :func:`move`)."""
     tag = secrets.token_hex(2)
     ids = [f"live{tag}-{i}" for i in range(count + 1)]
     start_app(nodes[0], ids[0], mib)
     results = []
     for i in range(count):
         src, dst = nodes[i % 2], nodes[(i + 1) % 2]
-        result = asyncio.run(move(src, dst, ids[i], ids[i + 1], mib))
+        result = asyncio.run(move(src, dst, ids[i], ids[i + 1], mib,
+                                  check_listen=check_listen))
         expected = "".join(f"round {n}\n" for n in range(i + 1))
         if result.crc != {"crc_ok": True, "mib": mib} or result.note != expected:
             raise AssertionError(f"round {i + 1}: crc {result.crc}, note {result.note!r}")

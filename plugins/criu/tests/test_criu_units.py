@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import select
 import stat
 import time
 from collections.abc import Callable
@@ -559,6 +561,43 @@ async def test_restore_without_image(tmp_path: Path, quiet_settings: CriuSetting
     with pytest.raises(CriuRestoreError, match="no checkpoint image"):
         await _checkpointer(runtime, quiet_settings).restore()
     assert runtime.calls == [] and runtime.stdio == []
+
+
+async def test_an_arrival_that_never_starts_leaves_no_lazy_pages_daemon(
+        tmp_path: Path, quiet_settings: CriuSettings) -> None:
+    """A live image in place at Create starts its lazy-pages daemon at once (from a thread);
+    when the container is deleted before Start, discard() ends it (a stand-in CRIU that
+    never gets ready: only the daemon's lifetime is under test here)."""
+    criu = tmp_path / "criu"
+    criu.write_text("#!/bin/sh\nexec sleep 60\n")
+    criu.chmod(0o755)
+    runtime = FakeRuntime(tmp_path)
+    checkpointer = CriuCheckpointer(runtime.container, runtime, {}, settings=quiet_settings,
+                                    criu=str(criu))
+    checkpointer.paths.snapshot.mkdir(parents=True)
+    (checkpointer.paths.snapshot / "zeropod-live.json").write_text(
+        json.dumps({"page_server": ["127.0.0.1", 9]}))
+    checkpointer.prepare_arrival()
+    starting = checkpointer._arrival_daemon
+    assert starting is not None
+    daemon = await starting  # (it stays the checkpointer's)
+    assert daemon is not None and daemon.running
+    pidfd = os.pidfd_open(daemon.pid)
+    try:
+        await checkpointer.discard()
+        exited, _, _ = await asyncio.to_thread(select.select, [pidfd], [], [], 10.0)
+        assert exited, "the lazy-pages daemon survived discard()"
+    finally:
+        os.close(pidfd)
+    await asyncio.to_thread(os.waitpid, daemon.pid, 0)  # our child: reap it
+
+
+async def test_a_container_without_a_live_image_starts_no_daemon(
+        tmp_path: Path, quiet_settings: CriuSettings) -> None:
+    runtime = FakeRuntime(tmp_path)
+    checkpointer = _checkpointer(runtime, quiet_settings)
+    checkpointer.prepare_arrival()
+    assert checkpointer._arrival_daemon is None
 
 
 async def test_runc_pause_when_there_is_no_cgroup_freezer(tmp_path: Path) -> None:

@@ -244,3 +244,35 @@ async def test_the_handshake_is_tls_1_3(server_a: ImageServer,
             return tls.version()
 
     assert await asyncio.to_thread(handshake) == "TLSv1.3"
+
+
+async def test_a_live_pull_waits_for_the_dump_and_then_gets_it(
+        tmp_path: Path, server_a: ImageServer, node_b: NodeCredentials) -> None:
+    """The target asks before the source's live dump is written: the pull waits at the
+    gate and gets the image the dump then wrote."""
+    server_a.gates.open("live1")
+    dest = tmp_path / "b" / "t1" / "snapshot"
+    pull = asyncio.ensure_future(pull_image(_addr(server_a), node_b, "live1", dest))
+    await asyncio.sleep(0.5)
+    assert not pull.done()  # no image yet: it waits instead of failing NOT_FOUND
+    snapshot = make_image(server_a.image_root, "live1", random_mib=1)
+    server_a.gates.ready("live1")
+    result = await asyncio.wait_for(pull, 30)
+    assert result.files == 4 and (dest / "pages-1.img").read_bytes() == \
+        (snapshot / "pages-1.img").read_bytes()
+
+
+async def test_a_live_pull_is_refused_when_the_dump_failed(
+        tmp_path: Path, server_a: ImageServer, node_b: NodeCredentials) -> None:
+    server_a.gates.open("live2")
+    dest = tmp_path / "b" / "t2" / "snapshot"
+    pull = asyncio.ensure_future(pull_image(_addr(server_a), node_b, "live2", dest))
+    await asyncio.sleep(0.3)
+    server_a.gates.fail("live2", "the app is not running")
+    with pytest.raises(TransferError, match="FAILED_PRECONDITION: the app is not running"):
+        await asyncio.wait_for(pull, 30)
+    assert _leftovers(dest.parent) == []
+    # a gate that is gone lets pulls through as before (here: nothing to pull)
+    server_a.gates.close("live2")
+    with pytest.raises(TransferError, match="NOT_FOUND"):
+        await pull_image(_addr(server_a), node_b, "live2", dest)

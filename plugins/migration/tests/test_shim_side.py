@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from zeropod_core.model import ContainerInfo
+from zeropod_migration import shim_plugin
 from zeropod_migration.annotations import (
     INCOMING_FILE,
     LIVE_FILE,
+    LIVE_MIGRATE,
     LIVE_PENDING,
     IncomingInfo,
     live_key,
@@ -109,3 +115,76 @@ async def test_a_called_off_live_arrival_is_a_fresh_start(tmp_path: Path) -> Non
     pending.rmdir()
     assert await asyncio.wait_for(waiting, 10) is None
     assert not (images / "c4").exists()
+
+
+async def _fake_manager(socket: Path, answer: dict[str, object], delay_s: float = 0.0,
+                        before: Callable[[dict[str, object]], None] | None = None,
+                        ) -> tuple[asyncio.Server, list[dict[str, object]]]:
+    """A node API socket that answers every POST with ``answer`` after ``delay_s``."""
+    asked: list[dict[str, object]] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length")))
+        request = json.loads(await reader.readexactly(length))
+        asked.append(request)
+        if before is not None:
+            before(request)
+        await asyncio.sleep(delay_s)
+        body = json.dumps(answer).encode()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        writer.close()
+
+    return await asyncio.start_unix_server(serve, str(socket)), asked
+
+
+async def test_the_manager_announces_a_live_arrival_and_create_waits(tmp_path: Path) -> None:
+    """Under Kubernetes the target manager announces the arrival while it answers the
+    shim's question ("live": true); the shim then waits for the image as above."""
+    info = ContainerInfo(id="c5", bundle=str(tmp_path / "bundle"), namespace="ns",
+                         pod_name="web-3", pod_namespace="shop", container_name="app")
+    images = tmp_path / "images"
+    pending = images / LIVE_PENDING / live_key("shop", "web-3", "app", "c5")
+    server, asked = await _fake_manager(tmp_path / "manager.sock", {"image": False,
+                                                                    "live": True},
+                                        before=lambda _: pending.mkdir(parents=True))
+    async with server:
+        migrator = IncomingMigrator(info, images, live=True,
+                                    manager_socket=str(tmp_path / "manager.sock"))
+        waiting = asyncio.ensure_future(migrator.incoming())
+        await asyncio.sleep(0.3)
+        assert not waiting.done() and asked[0]["stage"] == "arrival"
+        _live_image(pending / "staging")
+        (pending / "staging").rename(pending / "snapshot")
+        incoming = await asyncio.wait_for(waiting, 10)
+    assert incoming is not None and incoming.wake
+
+
+async def test_a_stop_of_a_live_migrating_container_waits_for_the_manager(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    info = ContainerInfo(id="c6", bundle=str(tmp_path / "bundle"), namespace="ns",
+                         pod_name="web-4", pod_namespace="shop", container_name="app")
+    socket_path = tmp_path / "manager.sock"
+    monkeypatch.setattr(shim_plugin, "_manager_socket", str(socket_path))
+    shim_plugin.zeropod_container_created(info, {LIVE_MIGRATE: frozenset({"app"})})
+    try:
+        assert shim_plugin.zeropod_stopping_running(info) is None  # no manager: no hold
+        server, asked = await _fake_manager(socket_path, {"handed_over": True}, 0.5)
+        async with server:
+            holding = shim_plugin.zeropod_stopping_running(info)
+            assert holding is not None
+            started = asyncio.get_running_loop().time()
+            await asyncio.wait_for(holding, 10)
+            assert asyncio.get_running_loop().time() - started >= 0.5  # held until it said
+        assert asked == [{"stage": "departure", "container_id": "c6",
+                          "container_name": "app", "pod_name": "web-4",
+                          "pod_namespace": "shop"}]
+        other = ContainerInfo(id="c7", bundle="", namespace="ns", pod_name="web-4",
+                              pod_namespace="shop", container_name="sidecar")
+        shim_plugin.zeropod_container_created(other, {LIVE_MIGRATE: frozenset({"app"})})
+        assert shim_plugin.zeropod_stopping_running(other) is None  # not listed
+        shim_plugin.zeropod_container_deleted(other)
+    finally:
+        shim_plugin.zeropod_container_deleted(info)

@@ -9,7 +9,7 @@ fails the container's creation, which is what a broken checkpointer should do.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from .config import AnnotationRegistry
@@ -78,6 +78,24 @@ class ShimHooks:
 
     def stopping_asleep(self, container: ContainerInfo) -> None:
         self._notify("zeropod_stopping_asleep", container=container)
+
+    def stopping_running(self, container: ContainerInfo) -> Awaitable[None] | None:
+        """What holds the stop of a running container: an awaitable for every plugin that
+        holds it (each bounds its own wait; one that fails is logged and does not keep the
+        stop from going on), or None when no plugin does."""
+        holding = self._call_each("zeropod_stopping_running", container=container)
+        if not holding:
+            return None
+
+        async def wait_all() -> None:
+            for waiting in holding:
+                try:
+                    await waiting
+                except Exception:
+                    log.exception("plugin hook failed", extra={
+                        "hook": "zeropod_stopping_running", "container": container.id})
+
+        return wait_all()
 
     def before_restore(self, container: ContainerInfo, trigger: Trigger) -> None:
         self._notify("zeropod_before_restore", container=container, trigger=trigger)

@@ -15,7 +15,7 @@ Rules every hook follows:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -222,6 +222,20 @@ def zeropod_stopping_asleep(container: ContainerInfo) -> None:
     from it).
 
     :param container: the container.
+    """
+
+
+@hookspec
+def zeropod_stopping_running(container: ContainerInfo) -> Awaitable[None] | None:
+    """The container is being stopped (``Kill`` with a stop signal) while its app runs;
+    the signal is sent after every returned awaitable finished. A plugin may hold the stop
+    this way while the app moves away (the migration plugin waits here until the node's
+    manager handed a live-migrating container over to its replacement's node; the app is
+    then gone and the container ends as a sleeping one). The plugin bounds its own wait;
+    an awaitable that raises is logged and the stop goes on.
+
+    :param container: the container.
+    :return: an awaitable to wait for, or None.
     """
 
 

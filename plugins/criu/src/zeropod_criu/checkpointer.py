@@ -99,6 +99,8 @@ class CriuCheckpointer:
         self._direct: _DirectImage | None = None
         # after a lazy restore: waits for the lazy-pages daemon (see .lazy)
         self._lazy_copy: asyncio.Task[None] | None = None
+        # a live arrival's lazy-pages daemon, being started since Create (see .live)
+        self._arrival_daemon: asyncio.Task[lazy.LazyDaemon | None] | None = None
         # after a direct restore: config reset, host-side tmpfs detached, images removed
         self._tidying: asyncio.Task[None] | None = None
         # the swrk of the next direct dump, started while the app runs (in its netns)
@@ -322,8 +324,12 @@ class CriuCheckpointer:
             raise CriuRestoreError(f"no checkpoint image of {cid} in {self.paths.snapshot}")
         await self._wait_dumped_reaped()
         page_server = live.remote_page_server(self.paths.snapshot)
+        daemon = await self._take_arrival_daemon()
         if page_server is not None:  # arrived live: the pages are still on the source
-            return await live.restore_remote(self, page_server, start)
+            return await live.restore_remote(self, page_server, start, daemon)
+        if daemon is not None:
+            daemon.kill()
+            daemon.close()
         image, self._direct = self._direct, None
         if image is not None:
             restored = await self._direct_restore(image, start)
@@ -412,6 +418,33 @@ class CriuCheckpointer:
                 return str(ns["path"])
         return None
 
+    def prepare_arrival(self) -> None:
+        """A live image already in place (the container arrived from another node): start
+        its lazy-pages daemon now, ahead of the restore at ``Start`` (see .live), from a
+        thread: the spawn waits until the child has exec'd, which on a loaded node is tens of
+        milliseconds ``Create`` need not wait for."""
+        if live.remote_page_server(self.paths.snapshot) is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # (no loop: the restore starts the daemon itself)
+            return
+        self._arrival_daemon = loop.create_task(
+            asyncio.to_thread(live.start_arrival_daemon, self),
+            name=f"criu-arrival-{self.container.id}")
+
+    async def _take_arrival_daemon(self) -> lazy.LazyDaemon | None:
+        """The lazy-pages daemon :meth:`prepare_arrival` started, if any (now ours)."""
+        task, self._arrival_daemon = self._arrival_daemon, None
+        if task is None:
+            return None
+        try:
+            return await task
+        except Exception:  # the restore starts one itself
+            log.exception("starting the lazy-pages daemon ahead failed",
+                          extra={"container": self.container.id})
+            return None
+
     async def live_dump(self, page_server_port: int,
                         ready: Callable[[Outcome], None]) -> Outcome:
         """Hand the container over to another node live (see .live)."""
@@ -420,6 +453,10 @@ class CriuCheckpointer:
     async def discard(self) -> None:
         self._dumped = None
         self._drop_spare()
+        daemon = await self._take_arrival_daemon()
+        if daemon is not None:
+            daemon.kill()
+            daemon.close()
         tidying, self._tidying = self._tidying, None
         if tidying is not None:
             with contextlib.suppress(Exception):

@@ -68,8 +68,9 @@ class DumpOptions:
 
 async def call(swrk: Swrk, request: rpc.criu_req, images: Path, work: Path,
                 state: RuncState, log_file: str, log_level: int, file_locks: bool,
-                ext_unix_sk: bool) -> rpc.criu_resp:
-    """Fill the options both requests share and send ``request``.
+                ext_unix_sk: bool, *, config_file: str | None = None) -> rpc.criu_resp:
+    """Fill the options both requests share and send ``request``; ``config_file``: CRIU's
+    configuration file instead of the container's (``org.criu.config``).
 
     CRIU resolves ``work_dir_fd`` as ``/proc/<peer>/fd/N`` of *our* process (the socket
     pair's creator), so the directory is opened here and kept open until the answer.
@@ -83,7 +84,7 @@ async def call(swrk: Swrk, request: rpc.criu_req, images: Path, work: Path,
     opts.notify_scripts = False
     opts.file_locks = file_locks
     opts.ext_unix_sk = ext_unix_sk
-    config = state.criu_config
+    config = config_file or state.criu_config
     if config:
         opts.config_file = config
     work_fd = os.open(work, os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)

@@ -38,6 +38,7 @@ bench) behaves the same:
 * ``ZEROPOD_CRIU_LAZY_EAGER_MIB`` (``16``): of a lazy restore's memory, restore the smallest
   runs of pages at once, up to this many MiB (the app's heap and arenas, which its first
   request touches; see :mod:`.eager`); only the large areas stay lazy. ``0``: all lazy.
+  The same budget chooses the runs a live dump copies into its image (:mod:`.live`).
 * ``ZEROPOD_CRIU_TMPFS_EXTERNAL`` (``true``): in direct mode, leave tmpfs mounts that hold
   only structure (``/dev``'s nodes and links, an empty ``/dev/shm`` or ``/run``) out of the
   dump and recreate them before the restore, instead of CRIU's ``tar``/``gzip`` per tmpfs

@@ -142,8 +142,11 @@ def zeropod_make_checkpointer(container: ContainerInfo, runtime: RuntimeHandle,
     if container.sandbox:
         return None
     features = _features
-    return CriuCheckpointer(container, runtime, config, settings=current_settings(),
-                            mem_track=features.mem_track if features else None, criu=CRIU)
+    checkpointer = CriuCheckpointer(container, runtime, config, settings=current_settings(),
+                                    mem_track=features.mem_track if features else None,
+                                    criu=CRIU)
+    checkpointer.prepare_arrival()  # a live arrival's image is in place by now (Create)
+    return checkpointer
 
 
 @hookimpl

@@ -44,7 +44,8 @@ from zeropod_core.config import parse_names
 from zeropod_core.manager.kube import KubeApi, KubeError
 from zeropod_core.providers import NodeView
 
-from .annotations import MIGRATE
+from .annotations import LIVE_MIGRATE, MIGRATE
+from .capabilities import live_migration_support
 from .crd import (
     CLEANUP_FINALIZER,
     GROUP,
@@ -59,16 +60,19 @@ from .crd import (
 )
 from .handover import SNAPSHOT, HandOver, handover_root
 from .imagefs import TransferError
+from .live import LiveMigrationUnavailable
+from .live_flow import LiveArrivals, LiveDepartures
+from .livegate import LiveGates
 from .receive import mark_received, receive_image
 from .service import check_image_id
 from .settings import MigrationSettings
 from .tls import NodeCredentials
+from .writer import MigrationWriter
 
 log = logging.getLogger("zeropod.migration.controller")
 
 TEMPLATE_HASH = "pod-template-hash"
 POLL_S = 0.2
-CONFLICT_ATTEMPTS = 10
 RETRY_S = 1.0
 
 
@@ -110,13 +114,17 @@ class MigrationController:
     """Implements :class:`~zeropod_core.providers.MigrationController`."""
 
     def __init__(self, kube: KubeApi, node: NodeView, config: MigrationSettings,
-                 creds: NodeCredentials | None, port: Callable[[], int], ca: str) -> None:
+                 creds: NodeCredentials | None, port: Callable[[], int], ca: str,
+                 gates: LiveGates | None = None) -> None:
         self.kube, self.node, self.config, self.creds = kube, node, config, creds
+        self.writer = MigrationWriter(kube)
+        self.departures = LiveDepartures(self.writer, node, config, creds, port, gates)
+        self.arrivals = LiveArrivals(self.writer, node, config, creds)
         self.node_name = kube.node_name
         self._port, self.ca = port, ca
         self.hold = handover_root(config.image_root)
         self.counters = Counters()
-        self._pods_seen: set[str] = set()  # uids of deleted pods already handled
+        self._pods_seen: dict[str, asyncio.Task[None]] = {}  # deleted pods' uids, handled
         self._mine: dict[tuple[str, str], Migration] = {}  # Migrations whose source is here
         self._published: set[str] = set()  # source container ids published
         self._problem = ""
@@ -126,6 +134,12 @@ class MigrationController:
     def health(self) -> Mapping[str, Any]:
         return {"node": self.node_name, "ca": self.ca, "image_server": self._server_text(),
                 "handover_folder": str(self.hold), **dataclasses.asdict(self.counters),
+                "live": {**live_migration_support(),  # read now: sysctls change
+                         "handed_over": self.departures.handed_over,
+                         "departures_failed": self.departures.failed,
+                         "bytes_moved": self.departures.bytes_moved,
+                         "received": self.arrivals.received,
+                         "arrivals_failed": self.arrivals.failed},
                 **({"problem": self._problem} if self._problem else {})}
 
     async def run(self) -> None:
@@ -140,6 +154,12 @@ class MigrationController:
             self._housekeeping())
 
     async def node_api(self, request: Mapping[str, Any]) -> Mapping[str, Any]:
+        """A shim's question: ``stage`` "arrival" (default: a new container asks whether it
+        arrives from a migration) or "departure" (a running live-migrating container is
+        being stopped: answered once it moved, or at once when it does not)."""
+        stage = request.get("stage", "arrival")
+        if stage not in ("arrival", "departure"):
+            raise ValueError(f"stage must be 'arrival' or 'departure', got {stage!r}")
         fields = {}
         for key in ("container_id", "container_name", "pod_name", "pod_namespace"):
             value = request.get(key)
@@ -149,9 +169,11 @@ class MigrationController:
         check_image_id(fields["container_id"])
         started = time.monotonic()
         try:
-            answer = await self._incoming(**fields)
+            answer = await (self._departure(**fields) if stage == "departure"
+                            else self._incoming(**fields))
         except KubeError as exc:
-            answer = {"image": False, "reason": f"Kubernetes API: {exc}"}
+            answer = {"image": False, "handed_over": False,
+                      "reason": f"Kubernetes API: {exc}"}
         answer["seconds"] = round(time.monotonic() - started, 3)
         return answer
 
@@ -184,88 +206,59 @@ class MigrationController:
                 log.exception("migration controller handler failed", extra={"what": what})
                 await asyncio.sleep(RETRY_S)
 
-    async def _call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return await asyncio.to_thread(function, *args, **kwargs)
-
-    async def _update(self, namespace: str, name: str,
-                      edit: Callable[[Migration], Migration | None], *,
-                      status: bool = False) -> Migration | None:
-        """Read, edit, write (spec or status); again on a conflict. None: gone, or ``edit``
-        returned None (nothing to change)."""
-        for _ in range(CONFLICT_ATTEMPTS):
-            try:
-                current = Migration.from_json(await self._call(
-                    self.kube.get_custom, GROUP, VERSION, PLURAL, namespace, name))
-            except KubeError as exc:
-                if exc.status == 404:
-                    return None
-                raise
-            changed = edit(current)
-            if changed is None:
-                return current
-            try:
-                written = await self._call(self.kube.replace_custom, GROUP, VERSION, PLURAL,
-                                           changed.to_json(), status=status)
-            except KubeError as exc:
-                if exc.conflict:
-                    continue
-                if exc.status == 404:
-                    return None
-                raise
-            return Migration.from_json(written)
-        raise KubeError(409, "Conflict", f"Migration {namespace}/{name}: still conflicting "
-                                         f"after {CONFLICT_ATTEMPTS} attempts")
-
-    async def _set_phase(self, migration: Migration, container: str, phase: Phase,
-                         reason: str = "", *, paused_at: datetime.datetime | None = None,
-                         restored_at: datetime.datetime | None = None) -> None:
-        def edit(current: Migration) -> Migration:
-            statuses = {s.name: s for s in current.status}
-            old = statuses.get(container, ContainerMigrationStatus(container))
-            statuses[container] = replace(old, phase=phase, reason=reason,
-                                          paused_at=paused_at or old.paused_at,
-                                          restored_at=restored_at or old.restored_at)
-            return replace(current, status=tuple(statuses.values()))
-
-        await self._update(migration.namespace, migration.name, edit, status=True)
-        log.info("migration phase", extra={"migration": f"{migration.namespace}/"
-                                                        f"{migration.name}",
-                                           "container": container, "phase": phase.value,
-                                           "reason": reason})
-
     # --- source side -----------------------------------------------------------------------
 
     async def _on_pod(self, kind: str, pod: dict[str, Any]) -> None:
+        """A deleted migrating pod is handled once (its uid); a second caller (the watch and
+        a held Kill's departure) waits for the first."""
         meta = pod.get("metadata") or {}
-        annotation = (meta.get("annotations") or {}).get(MIGRATE)
+        annotations = meta.get("annotations") or {}
         uid = str(meta.get("uid", ""))
         if kind == "DELETED":
-            self._pods_seen.discard(uid)
+            self._pods_seen.pop(uid, None)
             return
-        if not meta.get("deletionTimestamp") or not annotation:
+        if not meta.get("deletionTimestamp") or not (
+                annotations.get(MIGRATE) or annotations.get(LIVE_MIGRATE)):
             return
-        if uid in self._pods_seen:
-            return
-        self._pods_seen.add(uid)
+        work = self._pods_seen.get(uid)
+        if work is None:
+            work = asyncio.get_running_loop().create_task(self._migrate_pod(pod),
+                                                          name=f"migrate-pod-{uid}")
+            self._pods_seen[uid] = work
+        await asyncio.shield(work)
+
+    async def _migrate_pod(self, pod: dict[str, Any]) -> None:
+        """The deleted pod's ``Migration``: sleeping containers move cold, a running one
+        listed in live-migrate moves live, any other listed one fails at once."""
+        meta = pod.get("metadata") or {}
+        annotations = meta.get("annotations") or {}
         name, namespace = str(meta["name"]), str(meta.get("namespace", "default"))
         template_hash = (meta.get("labels") or {}).get(TEMPLATE_HASH)
         if not template_hash:
             log.info("a deleted pod with the migrate annotation is not a Deployment's pod "
                      "(no pod-template-hash): not migrated", extra={"pod": f"{namespace}/{name}"})
             return
-        wanted = parse_names(annotation)
+        cold = parse_names(annotations.get(MIGRATE) or "")
+        live = parse_names(annotations.get(LIVE_MIGRATE) or "")
         ids = {str(s.get("name")): str(s.get("containerID") or "").rpartition("://")[2]
                for s in (pod.get("status") or {}).get("containerStatuses") or ()}
+        refresh = getattr(self.node, "refresh", None)  # the manager's live view has it
+        if refresh is not None and any(i not in {c.id for c in self.node.containers()}
+                                       for i in ids.values()):
+            await refresh()  # a container started since its shim's last event
         phases = {c.id: c.phase for c in self.node.containers()}
-        containers, statuses = [], []
+        containers, statuses, departing = [], [], []
         for spec in (pod.get("spec") or {}).get("containers") or ():
             cname = str(spec.get("name"))
-            if cname not in wanted or not ids.get(cname):
+            if cname not in cold | live or not ids.get(cname):
                 continue
             containers.append(MigrationContainer(cname, ids[cname]))
             phase = phases.get(ids[cname])
             if phase == "SCALED_DOWN":
                 statuses.append(ContainerMigrationStatus(cname))
+            elif phase == "RUNNING" and cname in live:
+                statuses.append(ContainerMigrationStatus(cname))
+                departing.append(containers[-1])
             else:
                 self.counters.failed_running += 1
                 statuses.append(ContainerMigrationStatus(
@@ -280,10 +273,11 @@ class MigrationController:
         migration = Migration(
             name=name, namespace=namespace,
             spec=MigrationSpec(source_node=self.node_name, pod_template_hash=template_hash,
-                               containers=tuple(containers), source_pod=name),
+                               containers=tuple(containers), source_pod=name,
+                               live_migration=bool(departing)),
             owner_references=owners)
         try:
-            created = Migration.from_json(await self._call(
+            created = Migration.from_json(await self.writer.call(
                 self.kube.create_custom, GROUP, VERSION, PLURAL, migration.to_json()))
         except KubeError as exc:
             log.error("creating the Migration failed; the pod is not migrated",
@@ -291,13 +285,16 @@ class MigrationController:
             return
         self.counters.created += 1
         created = replace(created, status=tuple(statuses))
-        written = await self._call(self.kube.replace_custom, GROUP, VERSION, PLURAL,
+        written = await self.writer.call(self.kube.replace_custom, GROUP, VERSION, PLURAL,
                                    created.to_json(), status=True)
         migration = Migration.from_json(written)
         self._mine[(namespace, name)] = migration
         log.info("migration created", extra={
             "migration": f"{namespace}/{name}", "template_hash": template_hash,
-            "containers": {s.name: s.phase.value for s in statuses}})
+            "containers": {s.name: s.phase.value for s in statuses},
+            "live": [c.name for c in departing]})
+        for container in departing:
+            self.departures.start(migration, container)
         await self._publish_handed_over()
 
     async def _on_migration(self, kind: str, obj: dict[str, Any]) -> None:
@@ -315,10 +312,11 @@ class MigrationController:
             self._remove_images(migration, all_containers=True)
             return
         self._mine[key] = migration
+        self.departures.on_migration(migration)
         if migration.extra_metadata.get("deletionTimestamp"):
             self._remove_images(migration, all_containers=True)
             if CLEANUP_FINALIZER in migration.finalizers:
-                await self._update(*key, lambda m: replace(m, finalizers=tuple(
+                await self.writer.update(*key, lambda m: replace(m, finalizers=tuple(
                     f for f in m.finalizers if f != CLEANUP_FINALIZER)))
                 log.info("migration cleaned up", extra={"migration": f"{key[0]}/{key[1]}"})
             return
@@ -361,19 +359,13 @@ class MigrationController:
                        record: HandOver) -> None:
         port = self._port()
         if not port:
-            await self._set_phase(migration, container.name, Phase.FAILED,
+            await self.writer.set_phase(migration, container.name, Phase.FAILED,
                                   "the source node's image service is not running")
             return
         server = Server(self.config.advertise, port)
-
-        def edit(current: Migration) -> Migration:
-            containers = tuple(replace(c, image_server=server) if c.name == container.name
-                               else c for c in current.spec.containers)
-            return replace(current, spec=replace(current.spec, containers=containers))
-
-        await self._update(migration.namespace, migration.name, edit)
+        await self.writer.set_servers(migration, container.name, server)
         paused = datetime.datetime.fromtimestamp(record.handed_over_at, datetime.UTC)
-        await self._set_phase(migration, container.name, Phase.RUNNING, paused_at=paused)
+        await self.writer.set_phase(migration, container.name, Phase.RUNNING, paused_at=paused)
         self.counters.published += 1
         log.info("image published", extra={"migration": f"{migration.namespace}/"
                                                         f"{migration.name}",
@@ -402,7 +394,7 @@ class MigrationController:
                 continue
             for status in migration.status:
                 if not status.phase.final:
-                    await self._set_phase(migration, status.name, Phase.UNCLAIMED,
+                    await self.writer.set_phase(migration, status.name, Phase.UNCLAIMED,
                                           f"no pod claimed it within "
                                           f"{self.config.claim_timeout_s:g} s")
             self.counters.unclaimed += 1
@@ -430,7 +422,7 @@ class MigrationController:
     async def _incoming(self, container_id: str, container_name: str, pod_name: str,
                         pod_namespace: str) -> dict[str, Any]:
         try:
-            pod = await self._call(self.kube.get_pod, pod_namespace, pod_name)
+            pod = await self.writer.call(self.kube.get_pod, pod_namespace, pod_name)
         except KubeError as exc:
             return {"image": False, "reason": f"reading the pod failed: {exc}"}
         meta = pod.get("metadata") or {}
@@ -443,6 +435,12 @@ class MigrationController:
                                          container_name)
             if migration is not None:
                 try:
+                    if migration.spec.live_migration and migration.spec.target_pod != pod_name:
+                        answer = await self._arrive_live(migration, container_id,
+                                                         container_name, pod_namespace,
+                                                         pod_name, str(meta.get("uid")))
+                        if answer is not None:
+                            return answer
                     migration = await self._claim(migration, pod_name, str(meta.get("uid")))
                     break
                 except _Lost:
@@ -461,15 +459,74 @@ class MigrationController:
                 "migration": ref, "container": container_name, "reason": reason})
             if not isinstance(exc, _Final):
                 with contextlib.suppress(KubeError):
-                    await self._set_phase(migration, container_name, Phase.FAILED, reason)
+                    await self.writer.set_phase(migration, container_name, Phase.FAILED, reason)
             return {"image": False, "migration": ref, "reason": reason}
         self.counters.received += 1
-        await self._set_phase(migration, container_name, Phase.COMPLETED, restored_at=_now())
+        await self.writer.set_phase(migration, container_name, Phase.COMPLETED, restored_at=_now())
         return {"image": True, "migration": ref, **received}
+
+    async def _arrive_live(self, migration: Migration, container_id: str,
+                           container_name: str, pod_namespace: str, pod_name: str,
+                           pod_uid: str) -> dict[str, Any] | None:
+        """A live Migration: once the source offered the container (image and page server),
+        get ready here, announce the arrival, then claim (the source dumps at the claim) and
+        receive in the background; the answer tells the shim to wait for the image. None:
+        the container moves cold after all (it slept when its pod was deleted)."""
+        ref = f"{migration.namespace}/{migration.name}"
+        deadline = time.monotonic() + self.config.image_timeout_s
+        while True:
+            current = await self.writer.get(migration.namespace, migration.name)
+            if current is None:
+                return {"image": False, "migration": ref, "reason": "the Migration is gone"}
+            source = next(c for c in current.spec.containers if c.name == container_name)
+            status = next((s for s in current.status if s.name == container_name), None)
+            if status is not None and status.phase.final:
+                return {"image": False, "migration": ref,
+                        "reason": f"the migration is {status.phase.value}"}
+            if source.image_server is not None:
+                break
+            if time.monotonic() > deadline:
+                return {"image": False, "migration": ref,
+                        "reason": "the source did not offer the container in time"}
+            await asyncio.sleep(POLL_S)
+        if source.page_server is None:
+            return None  # handed over asleep: the cold path
+        try:
+            arrival = await self.arrivals.prepare(current, source, pod_namespace, pod_name)
+        except (LiveMigrationUnavailable, TransferError, OSError) as exc:
+            # refused up front, without a claim (the source dumps at a claim): the final
+            # phase tells the source to stop waiting
+            reason = str(exc) or type(exc).__name__
+            await self.writer.set_phase(current, container_name, Phase.FAILED,
+                                        f"the target node refused: {reason}",
+                                        unless_final=True)
+            self.counters.failed += 1
+            return {"image": False, "migration": ref, "reason": reason}
+        try:
+            claimed = await self._claim(current, pod_name, pod_uid)
+        except BaseException:
+            await arrival.close()
+            raise
+        self.arrivals.receive(arrival, claimed, source, container_id)
+        return {"image": False, "live": True, "migration": ref}
+
+    async def _departure(self, container_id: str, container_name: str, pod_name: str,
+                         pod_namespace: str) -> dict[str, Any]:
+        """Answer a held Kill of a running live-migrating container once its departure
+        ended; the pod's deletion may not have reached the watch yet, so read it here."""
+        if not self.departures.known(container_id):
+            try:
+                pod = await self.writer.call(self.kube.get_pod, pod_namespace, pod_name)
+            except KubeError as exc:
+                if exc.status != 404:
+                    raise
+            else:
+                await self._on_pod("MODIFIED", pod)
+        return await self.departures.wait(container_id)
 
     async def _find(self, namespace: str, pod_name: str, template_hash: str,
                     container_name: str) -> Migration | None:
-        listed = await self._call(self.kube.list_custom, GROUP, VERSION, PLURAL)
+        listed = await self.writer.call(self.kube.list_custom, GROUP, VERSION, PLURAL)
         candidates = []
         for item in listed.get("items") or ():
             try:
@@ -478,7 +535,7 @@ class MigrationController:
                 continue
             spec = migration.spec
             if (migration.namespace != namespace or spec.pod_template_hash != template_hash
-                    or spec.source_pod == pod_name or spec.live_migration
+                    or spec.source_pod == pod_name
                     or migration.extra_metadata.get("deletionTimestamp")
                     or container_name not in {c.name for c in spec.containers}):
                 continue
@@ -500,7 +557,7 @@ class MigrationController:
             return replace(current, owner_references=(owner,), spec=replace(
                 current.spec, target_node=self.node_name, target_pod=pod_name))
 
-        claimed = await self._update(migration.namespace, migration.name, edit)
+        claimed = await self.writer.update(migration.namespace, migration.name, edit)
         if claimed is None:
             raise _Lost()
         self.counters.claimed += 1
@@ -514,7 +571,7 @@ class MigrationController:
         """Wait for the source's image, then rename (same node) or pull it."""
         deadline = time.monotonic() + self.config.image_timeout_s
         while True:
-            current = await self._update(migration.namespace, migration.name, lambda m: None)
+            current = await self.writer.update(migration.namespace, migration.name, lambda m: None)
             if current is None:
                 raise TransferError("the Migration was deleted")
             source = next(c for c in current.spec.containers if c.name == container.name)

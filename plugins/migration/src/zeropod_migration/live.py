@@ -46,6 +46,7 @@ import grpc
 from zeropod_core import ttrpc
 from zeropod_core.api import ZEROPOD_SHIM_SERVICE, zeropod_shim
 
+from . import image_ports
 from .annotations import LIVE_FILE, LIVE_PENDING
 from .capabilities import live_migration_support
 from .pageproxy import SourceProxy, TargetProxy
@@ -198,6 +199,9 @@ class TargetArrival:
         check_node()
         self.port = await self.proxy.start()
         self.image_address = image_address
+        # the received image's ports are read with pycriu, whose first import costs ~0.1 s:
+        # not inside the freeze
+        await asyncio.to_thread(image_ports.preload)
         self._channel = open_channel(image_address, self.creds, self.server_name)
         with contextlib.suppress(asyncio.TimeoutError):  # the pull says what is wrong
             await asyncio.wait_for(self._channel.channel_ready(), CALL_TIMEOUT_S)
@@ -217,12 +221,19 @@ class TargetArrival:
         :meth:`close` removed the announcement)."""
         assert self.pending is not None, "expect() first"
         snapshot = self.pending / IMAGE_SUBDIR
+        started = time.monotonic()
         result = await pull_image(self.image_address, self.creds, source_id, snapshot,
                                   compression="none", channel=self._channel)
+        pulled = time.monotonic()
         (snapshot / LIVE_FILE).write_text(json.dumps({"page_server": ["127.0.0.1", self.port]}))
-        return await asyncio.to_thread(mark_received, snapshot,
-                                       source_label or f"{self.image_address}/{source_id}",
-                                       result)
+        received = await asyncio.to_thread(mark_received, snapshot,
+                                           source_label or f"{self.image_address}/{source_id}",
+                                           result)
+        log.info("live image received", extra={
+            "source": source_id, "raw_bytes": result.raw_bytes,
+            "pull_ms": round((pulled - started) * 1e3, 1),
+            "mark_ms": round((time.monotonic() - pulled) * 1e3, 1)})
+        return received
 
     async def wait_restored(self, shim_socket: str, target_id: str,
                             timeout_s: float = 60.0) -> float:

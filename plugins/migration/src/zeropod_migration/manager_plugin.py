@@ -70,7 +70,8 @@ def zeropod_make_migration_controller(kube: KubeApi, node: NodeView,
     creds = server.creds if server is not None else None
     return MigrationController(kube, node, config, creds,
                                port=lambda: server.port if server is not None else 0,
-                               ca=str(_status.get("ca", "none")))
+                               ca=str(_status.get("ca", "none")),
+                               gates=server.gates if server is not None else None)
 
 
 @hookimpl

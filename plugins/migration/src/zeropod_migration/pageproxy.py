@@ -20,7 +20,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import ssl
+import struct
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -98,7 +100,13 @@ class _Pipe(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.peer is not None and self.peer.transport is not None:
-            self.peer.transport.close()
+            if exc is None:
+                self.peer.transport.close()
+            else:
+                # broken (reset, aborted): the other side must see an error, not a clean
+                # end. CRIU's page server takes an end of stream for "the target has every
+                # page" and kills the source app; a reset fails the dump and thaws it.
+                _reset(self.peer.transport)
 
     def pause_writing(self) -> None:
         if self.peer is not None and self.peer.transport is not None:
@@ -107,6 +115,15 @@ class _Pipe(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self.peer is not None and self.peer.transport is not None:
             self.peer.transport.resume_reading()
+
+
+def _reset(transport: asyncio.Transport) -> None:
+    """Close with a TCP reset (SO_LINGER 0), so the peer's next read fails."""
+    sock = transport.get_extra_info("socket")
+    with contextlib.suppress(OSError, AttributeError):
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 def _end(transport: asyncio.Transport) -> None:

@@ -30,6 +30,7 @@ from ._pb import transfer_pb2_grpc as pb_grpc
 from .annotations import UPPER, SourceInfo
 from .handover import handover_root
 from .imagefs import COMPRESSION_MODES, ImageReceiver, ImageSender, TransferError
+from .livegate import LiveGates
 from .tls import NodeCredentials
 
 log = logging.getLogger("zeropod.migration.service")
@@ -41,6 +42,14 @@ _MESSAGE_LIMIT = 8 << 20
 _OPTIONS = [("grpc.max_send_message_length", _MESSAGE_LIMIT),
             ("grpc.max_receive_message_length", _MESSAGE_LIMIT)]
 
+# A thread hop costs ~0.5 ms on a loaded node, and CRIU's images are many small files (a
+# header, data and an end message each): the server reads up to _BATCH_BYTES per hop, and the
+# client writes messages up to _INLINE_BYTES on its loop. (Sending and receiving a live image
+# of 11 MB, ~225 messages, without gRPC at a load of 4: 130-180 ms with a hop per message on
+# both sides, 45-90 ms without any.)
+_BATCH_BYTES = 1 << 20
+_INLINE_BYTES = 64 << 10
+
 # (image folder, compression, extra folders by name in the image) -> the stream's messages
 ChunkSource = Callable[[Path, str, Mapping[str, Path]], Iterator[Any]]
 
@@ -50,6 +59,18 @@ def check_image_id(image_id: str) -> str:
     if not _IMAGE_ID.fullmatch(image_id) or image_id in (".", ".."):
         raise ValueError(f"invalid image id {image_id!r}")
     return image_id
+
+
+def _next_batch(chunks: Iterator[Any]) -> list[Any]:
+    """The stream's next messages, up to about :data:`_BATCH_BYTES` (empty at the end)."""
+    batch: list[Any] = []
+    size = 0
+    for chunk in chunks:
+        batch.append(chunk)
+        size += chunk.ByteSize()
+        if size >= _BATCH_BYTES:
+            break
+    return batch
 
 
 def _send_chunks(folder: Path, compression: str, extras: Mapping[str, Path]) -> Iterator[Any]:
@@ -71,9 +92,11 @@ class ImageTransferServicer(pb_grpc.ImageTransferServicer):
     """Serves the images handed over by the node's shims (:mod:`.handover`) and those below
     ``image_root``; ``chunks`` makes the stream (tests swap it)."""
 
-    def __init__(self, image_root: Path, chunks: ChunkSource = _send_chunks) -> None:
+    def __init__(self, image_root: Path, chunks: ChunkSource = _send_chunks,
+                 gates: LiveGates | None = None) -> None:
         self.image_root, self._chunks = image_root, chunks
         self.roots = (handover_root(image_root), image_root)
+        self.gates = gates or LiveGates()
 
     async def PullImage(self, request: Any,
                         context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
@@ -81,6 +104,9 @@ class ImageTransferServicer(pb_grpc.ImageTransferServicer):
             image_id = check_image_id(request.image_id)
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        refused = await self.gates.wait(image_id)  # a live dump still being written
+        if refused:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, refused)
         folder = next((root / image_id / IMAGE_SUBDIR for root in self.roots
                        if (root / image_id / IMAGE_SUBDIR).is_dir()),
                       self.image_root / image_id / IMAGE_SUBDIR)
@@ -96,11 +122,12 @@ class ImageTransferServicer(pb_grpc.ImageTransferServicer):
         chunks = self._chunks(folder, compression, _extras(folder.parent))
         count = 0
         while True:
-            chunk = await asyncio.to_thread(next, chunks, None)
-            if chunk is None:
+            batch = await asyncio.to_thread(_next_batch, chunks)
+            if not batch:
                 break
-            count += 1
-            yield chunk
+            for chunk in batch:
+                count += 1
+                yield chunk
         log.info("image pull served", extra={"image": request.image_id, "peer": peer,
                                              "chunks": count,
                                              "seconds": round(time.monotonic() - started, 3)})
@@ -134,6 +161,7 @@ class ImageServer:
                  chunks: ChunkSource = _send_chunks) -> None:
         self.image_root, self.creds, self.listen = image_root, creds, listen
         self._servicer = ImageTransferServicer(image_root, chunks)
+        self.gates = self._servicer.gates  # live dumps in progress (the controller's)
         self._server: grpc.aio.Server | None = None
         self.port = 0
 
@@ -219,7 +247,10 @@ async def pull_image(address: str, creds: NodeCredentials, image_id: str, dest: 
                                   timeout=timeout_s)
             count = 0
             async for chunk in call:
-                await asyncio.to_thread(receiver.feed, chunk)
+                if chunk.ByteSize() <= _INLINE_BYTES:  # headers, ends, small files
+                    receiver.feed(chunk)
+                else:
+                    await asyncio.to_thread(receiver.feed, chunk)
                 count += 1
                 if on_chunk is not None:
                     on_chunk(count)

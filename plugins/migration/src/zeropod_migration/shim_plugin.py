@@ -23,7 +23,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 from zeropod_core import hookimpl
@@ -55,6 +55,8 @@ _manager_socket = manager_socket_path(os.environ)
 # how long Create waits for a live arrival the target manager announced
 _live_wait_s = 30.0
 LIVE_POLL_S = 0.002
+# how long a stop waits for the manager's live hand-over (claim timeout + the move)
+_departure_wait_s = 600.0
 # container id -> whether its files travel (only containers listed in the migrate annotation)
 _migrating: dict[str, bool] = {}
 # containers listed in the live-migrate annotation
@@ -142,6 +144,28 @@ def zeropod_stopping_asleep(container: ContainerInfo) -> None:
 
 
 @hookimpl
+def zeropod_stopping_running(container: ContainerInfo) -> Awaitable[None] | None:
+    """A running live-migrating container is being stopped (its pod is deleted, say): hold
+    the stop while the node's manager moves it to the replacement pod's node (source side).
+    The manager answers once the move ended, or at once when there is none; the app is gone
+    after a move, and the container then ends as a sleeping one."""
+    if (container.id not in _live or not container.pod_name
+            or not os.path.exists(_manager_socket)):
+        return None
+    return _departure(container)
+
+
+async def _departure(container: ContainerInfo) -> None:
+    started = time.monotonic()
+    answer = await ask_manager(_manager_socket, {
+        "stage": "departure", "container_id": container.id,
+        "container_name": container.container_name, "pod_name": container.pod_name,
+        "pod_namespace": container.pod_namespace}, timeout_s=_departure_wait_s)
+    log.info("the manager's answer about a live departure", extra={
+        "container": container.id, "held_s": round(time.monotonic() - started, 3), **answer})
+
+
+@hookimpl
 def zeropod_before_restore(container: ContainerInfo) -> None:
     _asleep.discard(container.id)
 
@@ -192,11 +216,16 @@ class IncomingMigrator:
         elif (self.manager_socket and info.pod_name
                 and not (self.snapshot / INCOMING_FILE).exists()):
             # the manager finds and claims the pod's Migration and puts the image in place
+            # (cold), or announces a live arrival it then receives
             answer = await ask_manager(self.manager_socket, {
-                "container_id": info.id, "container_name": info.container_name,
-                "pod_name": info.pod_name, "pod_namespace": info.pod_namespace})
+                "stage": "arrival", "container_id": info.id,
+                "container_name": info.container_name, "pod_name": info.pod_name,
+                "pod_namespace": info.pod_namespace})
             log.info("the manager's answer about an incoming migration",
                      extra={"container": info.id, **answer})
+            if answer.get("live") and self.pending is not None \
+                    and _arrival(self.pending) != "gone":
+                await self._wait_live(self.pending)
         image = await asyncio.to_thread(self._incoming)
         if image is not None and not image.wake:
             _asleep.add(info.id)

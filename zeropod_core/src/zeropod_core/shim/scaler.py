@@ -498,6 +498,11 @@ class Scaler:
         if not paused and self.phase is Phase.RUNNING:
             self.arm()
 
+    def hold_awake(self) -> None:
+        """A stop is held while plugins move the app away (live migration): no scale-down
+        from now on, the app must still be running when the move starts."""
+        self.paused = True
+
     def exec_exited(self) -> None:
         self.running_execs = max(0, self.running_execs - 1)
         if not self.running_execs and self.phase is Phase.RUNNING:

@@ -544,6 +544,12 @@ class TaskService:
             return EMPTY()
         if container.scaler is not None:
             if req.signal in _STOP_SIGNALS:
+                holding = (None if container.scaler.scaled_down
+                           else self.hooks.stopping_running(container.info))
+                if holding is not None:
+                    # a plugin moves the running app away first (live migration)
+                    container.scaler.hold_awake()
+                    await holding
                 if await container.scaler.stop():
                     # nothing runs while scaled down: the container ends with this signal
                     self._give_up(container, 128 + req.signal)

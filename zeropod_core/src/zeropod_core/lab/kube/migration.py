@@ -133,11 +133,13 @@ class MigrationLab:
             self.cordon(self.source.name)
 
     def deployment(self, *, scaledown: str = "2s", alloc_mib: int = 32,
-                   extra_annotations: dict[str, str] | None = None) -> str:
+                   extra_annotations: dict[str, str] | None = None,
+                   probes: dict[str, Any] | None = None) -> str:
         """A one-replica Deployment of the counter app that migrates its container; its pod
         lands on the source node (with two nodes the target is cordoned until
         :meth:`towards_target`; the template pins no node, or the replacement would have the
-        same pin)."""
+        same pin). ``probes`` replace the container's probes (default: ``/crc`` readiness,
+        TCP liveness)."""
         if self.two_nodes:
             self.cordon(self.source.name, False)
             self.cordon(self.target.name)
@@ -153,7 +155,8 @@ class MigrationLab:
                          "spec": {"runtimeClassName": "zeropod",
                                   "terminationGracePeriodSeconds": 3,
                                   "containers": [counter_container(env=[
-                                      {"name": "APP_ALLOC_MIB", "value": str(alloc_mib)}])]}}}}
+                                      {"name": "APP_ALLOC_MIB", "value": str(alloc_mib)}],
+                                      **(probes or {}))]}}}}
         self.cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
         self.deployments.append(name)
         return name
