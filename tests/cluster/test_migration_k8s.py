@@ -64,12 +64,10 @@ def _sleeping_pod(lab: MigrationLab, app: str, note: str) -> tuple[dict[str, Any
 
 
 def _nothing_left(lab: MigrationLab, *container_ids: str) -> None:
-    """No image of the containers on either node, neither a checkpoint nor a hand-over
-    (other tests' pods may have images in flight)."""
+    """No image of the containers on either node, neither a checkpoint nor a hand-over, no
+    transfer's staging folder and no live arrival."""
     for node in (lab.source, lab.target):
-        for cid in container_ids:
-            for root in (node.image_root, node.handover_root):
-                assert not (root / cid).exists(), f"{root / cid} left on {node.name}"
+        assert node.leftovers(*container_ids) == [], f"left on {node.name}"
 
 
 def test_a_sleeping_deployment_pod_moves_with_its_memory_and_files(lab: MigrationLab) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -13,11 +15,15 @@ from typing import Any
 
 import pytest
 
+from zeropod_core.config import manager_socket_path
 from zeropod_core.installer.main import build_parser
 from zeropod_core.lab import manifests
+from zeropod_migration.handover import handover_root
+from zeropod_migration.settings import MigrationSettings
 
 NAMESPACE = "zeropod-system"
 NODE_LABEL = {"zeropod.ctrox.dev/node": "true"}
+MANAGER_CAPABILITIES = ["SYS_ADMIN", "CHOWN", "DAC_OVERRIDE", "FOWNER"]
 
 
 def _pod_spec(objects: list[dict[str, Any]]) -> dict[str, Any]:
@@ -41,6 +47,7 @@ def test_every_object_is_valid(overlay: str) -> None:
         ("ClusterRoleBinding", "zeropod:event-creator"),
         ("ClusterRoleBinding", "zeropod:migration-manager"),
         ("ClusterRoleBinding", "zeropod:pod-reader"), ("ClusterRoleBinding", "zeropod:pod-updater"),
+        ("CustomResourceDefinition", "migrations.runtime.zeropod.ctrox.dev"),
         ("DaemonSet", "zeropod-node"), ("Namespace", NAMESPACE),
         ("Role", "zeropod:secret-creator"), ("RoleBinding", "zeropod:secret-creator"),
         ("RuntimeClass", "zeropod"), ("ServiceAccount", "zeropod-node")]
@@ -82,14 +89,16 @@ def test_runtime_class_and_scheduling() -> None:
 
 def test_daemonset_privileges_are_the_documented_minimum() -> None:
     """What docs/install.md lists, and nothing else: no privileged container, no host
-    namespaces, two host paths each used by one container, one capability each."""
+    namespaces, three host paths each used by one container, the capabilities each needs."""
     objects = manifests.render()
     pod = _pod_spec(objects)
     assert not {"hostNetwork", "hostPID", "hostIPC"} & set(pod)
     host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"]}
-    assert host_paths == {"host-root": "/", "zeropod-run": "/run/zeropod"}
+    assert host_paths == {"host-root": "/", "zeropod-run": "/run/zeropod",
+                          "zeropod-images": "/var/lib/zeropod"}
     expected = {"installer": (["SYS_CHROOT"], {"host-root": "/host"}),
-                "manager": (["SYS_ADMIN"], {"zeropod-run": "/run/zeropod"})}
+                "manager": (MANAGER_CAPABILITIES, {"zeropod-run": "/run/zeropod",
+                                                   "zeropod-images": "/var/lib/zeropod"})}
     for name, (capabilities, mounts) in expected.items():
         container = _container(objects, name)
         security = container["securityContext"]
@@ -152,6 +161,50 @@ def test_rbac_of_migration_is_exactly_what_the_controller_calls() -> None:
                                         "namespace": NAMESPACE}]
 
 
+def _expanded_env(container: dict[str, Any], example: dict[str, str]) -> dict[str, str]:
+    """The container's plain env values as the kubelet expands them: ``$(VAR)`` names a
+    variable defined *before* it (downward-API ones get their values from ``example``)."""
+    defined: list[str] = []
+    values: dict[str, str] = {}
+    for entry in container["env"]:
+        if "value" in entry:
+            refs = re.findall(r"\$\((\w+)\)", entry["value"])
+            assert set(refs) <= set(defined), f"{entry['name']} uses a later variable"
+            values[entry["name"]] = re.sub(r"\$\((\w+)\)",
+                                           lambda m: values.get(m[1], example.get(m[1], "")),
+                                           entry["value"])
+        defined.append(entry["name"])
+    return values
+
+
+def test_the_manager_runs_the_migration_controller_reachable_from_other_nodes() -> None:
+    """``--migration-controller``; the image service on a declared port of the pod's IP (no
+    host network: pod IPs reach each other across nodes), advertised as that IP, which the
+    node certificate names; the image root and its hand-over folder inside one host-path
+    mount at the node's own path (adopting an image is a rename, the shims use the same
+    paths); the node API socket where the shims look for it, in the /run/zeropod mount."""
+    objects = manifests.render()
+    manager = _container(objects, "manager")
+    assert "--migration-controller" in manager["args"]
+    downward = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
+                for e in manager["env"] if "valueFrom" in e}
+    assert downward == {"NODE_NAME": "spec.nodeName", "POD_IP": "status.podIP"}
+    env = _expanded_env(manager, {"NODE_NAME": "node-a", "POD_IP": "10.244.1.7"})
+    settings = MigrationSettings.from_mapping(env)
+    assert settings.advertise == "10.244.1.7" and settings.node_name == "node-a"
+    assert {"node-a", "10.244.1.7"} <= set(settings.addresses)
+    host, _, port = settings.listen.rpartition(":")
+    assert host == "0.0.0.0"
+    assert {"name": "migration", "containerPort": int(port)} in manager["ports"]
+    pod = _pod_spec(objects)
+    host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"]}
+    mounts = {m["mountPath"]: host_paths[m["name"]] for m in manager["volumeMounts"]}
+    assert all(inside == outside for inside, outside in mounts.items())
+    folder = settings.image_root.parent
+    assert str(folder) in mounts and handover_root(settings.image_root).parent == folder
+    assert str(Path(manager_socket_path(env)).parent) in mounts
+
+
 @pytest.mark.parametrize("overlay", manifests.OVERLAYS)
 def test_installer_arguments_parse(overlay: str) -> None:
     """The init container's arguments are ones zeropod-installer accepts."""
@@ -208,3 +261,64 @@ def test_manager_capabilities_suffice(tmp_path: Path) -> None:
     without = _healthz_with_capabilities([], tmp_path)
     assert without["redirector"]["loads"] is False
     assert "cannot mount bpffs: Operation not permitted" in without["redirector"]["error"]
+
+
+_MOVE_IMAGE = """
+import shutil, sys
+from pathlib import Path
+from zeropod_migration.imagefs import ImageReceiver, ImageSender
+source, dest = Path(sys.argv[1]), Path(sys.argv[2])
+receiver = ImageReceiver(dest)
+try:
+    for chunk in ImageSender(source).chunks():
+        receiver.feed(chunk)
+    receiver.finish()
+except BaseException:
+    receiver.abort()
+    raise
+shutil.rmtree(source.parent)
+"""
+
+
+def _move_image_with(capabilities: list[str], tmp_path: Path, tag: str) -> tuple[
+        subprocess.CompletedProcess[str], Path, Path]:
+    """A handed-over image whose files the app wrote as uid 1000 (a 0700 folder, a 0600
+    file), sent, received and then removed the way the manager's image service, receiver
+    and clean-up do it, by a process as root with only ``capabilities``."""
+    held = tmp_path / f"i-migrating-{tag}" / "c1" / "snapshot"
+    home = held / "upper" / "home" / "app"
+    home.mkdir(parents=True)
+    (held / "pages-1.img").write_bytes(os.urandom(4096))
+    (home / "notes.txt").write_text("written by the app")
+    for path, mode in ((home / "notes.txt", 0o600), (home, 0o700)):
+        os.chown(path, 1000, 1000)
+        os.chmod(path, mode)
+    dest = tmp_path / f"i-{tag}" / "c2" / "snapshot"
+    bounding = "-all" + "".join(f",+{c.lower()}" for c in capabilities)
+    done = subprocess.run(["setpriv", "--bounding-set", bounding, "--", sys.executable, "-c",
+                           _MOVE_IMAGE, str(held), str(dest)],
+                          capture_output=True, text=True, timeout=60)
+    return done, held, dest
+
+
+def test_manager_capabilities_suffice_for_migration_images(tmp_path: Path) -> None:
+    """The manager's capabilities move an image whose files belong to the app's user (their
+    owner and mode kept) and remove the handed-over copy; without any one of CHOWN,
+    DAC_OVERRIDE and FOWNER that fails on the app's files."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (files of another owner, capabilities to drop)")
+    capabilities = _container(manifests.render(), "manager")["securityContext"][
+        "capabilities"]["add"]
+    done, held, dest = _move_image_with(capabilities, tmp_path, "daemonset")
+    assert done.returncode == 0, done.stderr
+    notes = dest / "upper" / "home" / "app" / "notes.txt"
+    assert notes.read_text() == "written by the app"
+    for path, mode in ((notes, 0o600), (notes.parent, 0o700)):
+        st = path.stat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (1000, 1000, mode)
+    assert not held.parent.exists()
+    for dropped in ("CHOWN", "DAC_OVERRIDE", "FOWNER"):  # each one is needed
+        fewer = [c for c in capabilities if c != dropped]
+        done, held, dest = _move_image_with(fewer, tmp_path, dropped.lower())
+        assert done.returncode != 0 and "PermissionError" in done.stderr, (dropped, done.stderr)
+        assert not (dest / "upper" / "home" / "app" / "notes.txt").exists()

@@ -42,15 +42,65 @@ MIGRATIONS = "/apis/runtime.zeropod.ctrox.dev/v1/namespaces/default/migrations"
 
 @dataclass
 class MigrationNode:
-    """One node's side: its Kubernetes name, its manager and its checkpoint image root."""
+    """One node's side: its Kubernetes name, its manager and its checkpoint image root.
+
+    ``launch`` starts the node's manager as it was started first (same settings, log and
+    work folder), for tests that take a node's manager down and bring it back.
+    """
 
     name: str
     manager: LabManager
     image_root: Path
+    node: KubeNode
+    launch: Callable[[], LabManager]
 
     @property
     def handover_root(self) -> Path:
         return self.image_root.with_name(self.image_root.name + "-migrating")
+
+    def leftovers(self, *container_ids: str) -> list[Path]:
+        """What a finished migration of ``container_ids`` must not leave on this node: their
+        checkpoint and hand-over folders, any transfer's staging folder
+        (``<image root>/<id>/.snapshot.partial-*``) and any live arrival (``.live/``). Call
+        it when no other transfer runs on the node."""
+        found = [root / cid for cid in container_ids
+                 for root in (self.image_root, self.handover_root) if (root / cid).exists()]
+        found += self.image_root.glob("*/.*.partial-*")
+        live = self.image_root / ".live"
+        found += live.iterdir() if live.is_dir() else []
+        return found
+
+    def criu_pids(self) -> set[int]:
+        """CRIU processes running in the node's mount namespace (its shims start them)."""
+        if self.node.mounts is None:
+            return set()
+        pids = set()
+        for pid in self.node.mounts.pids_inside():
+            with contextlib.suppress(OSError):
+                if b"criu" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    pids.add(pid)
+        return pids
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of the node's manager log (all its runs), for a failing test's message."""
+        try:
+            return "\n".join(self.manager.log_path.read_text().splitlines()[-lines:])
+        except OSError as exc:
+            return f"(no manager log: {exc})"
+
+    def stop_manager(self, *, crash: bool = False) -> None:
+        """The node's manager goes down: SIGTERM by PID (a clean stop, as in a DaemonSet
+        rollout: it removes its node API socket), or with ``crash`` SIGKILL (it leaves the
+        socket behind, as a crashed manager does)."""
+        if crash and self.manager.process.poll() is None:
+            self.manager.process.kill()
+            self.manager.process.wait()
+        self.manager.stop()
+
+    def restart_manager(self) -> None:
+        """Start the node's manager again (a stopped one is not stopped twice)."""
+        self.manager.stop()
+        self.manager = self.launch()
 
     def status(self) -> list[dict[str, Any]]:
         containers: list[dict[str, Any]] = json.loads(self.manager.get("/status"))["containers"]
@@ -169,14 +219,16 @@ def start_manager(cluster: KubeCluster, folder: Path, kubeconfig: Path,
     (``node``: one of the cluster's nodes, default its first), inside the node's namespaces
     (:func:`~zeropod_core.lab.kube.node_manager.start_node_manager`): its image service
     listens on the node IP, where the other node's manager pulls from."""
-    node = node or cluster.node
-    env = shim_env(node.containerd_base)
-    manager = start_node_manager(node, folder, kubeconfig=kubeconfig, env={
-        "ZEROPOD_MIGRATION_CONTROLLER": "true",
-        "ZEROPOD_MIGRATION_LISTEN": f"{node.node_ip}:0",
-        "ZEROPOD_MIGRATION_ADVERTISE": node.node_ip,
-        "ZEROPOD_HOUSEKEEPING_INTERVAL": "3600", **(extra_env or {})})
-    return MigrationNode(node.name, manager, Path(env["ZEROPOD_IMAGE_ROOT"]))
+    on = node or cluster.node
+    env = shim_env(on.containerd_base)
+
+    def launch() -> LabManager:
+        return start_node_manager(on, folder, kubeconfig=kubeconfig, env={
+            "ZEROPOD_MIGRATION_CONTROLLER": "true",
+            "ZEROPOD_MIGRATION_LISTEN": f"{on.node_ip}:0",
+            "ZEROPOD_MIGRATION_ADVERTISE": on.node_ip,
+            "ZEROPOD_HOUSEKEEPING_INTERVAL": "3600", **(extra_env or {})})
+    return MigrationNode(on.name, launch(), Path(env["ZEROPOD_IMAGE_ROOT"]), on, launch)
 
 
 @contextmanager
