@@ -60,12 +60,19 @@ class SendStats:
     compressed_files: int = 0
 
 
+
+def _unreadable(error: OSError) -> None:
+    """A folder that cannot be listed fails the transfer: an image without it would lose
+    the app's files without a word."""
+    raise TransferError(f"cannot read {error.filename}: {error.strerror}") from error
+
+
 def _entries(root: Path, prefix: str = "") -> Iterator[tuple[str, Path, os.stat_result]]:
     """(path in the image, path on disk, lstat) of everything below ``root``, parents
     before children; ``prefix`` puts them below a folder of the image."""
     if prefix:
         yield prefix, root, root.lstat()
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root, onerror=_unreadable):
         dirnames.sort()
         base = Path(dirpath)
         for name in sorted(dirnames) + sorted(filenames):
