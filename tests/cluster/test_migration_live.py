@@ -233,3 +233,29 @@ def test_an_unclaimed_live_migration_stops_the_source_as_usual(lab: MigrationLab
     wait_for(f"{old} gone", _gone(lab, app, old), 120, 0.2)
     _nothing_left_of(lab, old_id)
     lab.delete_deployments()
+
+
+@pytest.mark.parametrize("crash", [False, True], ids=["stopped", "crashed"])
+def test_a_source_manager_that_is_down_means_a_plain_stop_and_a_fresh_start(
+        lab: MigrationLab, crash: bool) -> None:
+    """No manager on the source node when the pod is deleted (stopped: its node API socket
+    is gone; crashed: the socket is left behind and refuses): the shim does not hold the
+    Kill, nobody makes a ``Migration``, and the replacement on the other node starts fresh."""
+    app = lab.deployment(scaledown="1h", extra_annotations=LIVE, probes=LIVE_PROBES)
+    pod = lab.wait_new_pod(app)
+    old, ip = pod["metadata"]["name"], pod["status"]["podIP"]
+    old_id = pod["status"]["containerStatuses"][0]["containerID"].rpartition("://")[2]
+    _get(ip)
+    lab.source.stop_manager(crash=crash)
+    try:
+        with pipe_max_size_for_criu():
+            lab.towards_target()
+            lab.cluster.kubectl("delete", "pod", old, "--wait=false")
+            new = lab.wait_new_pod(app, exclude=[old])
+            assert _get(new["status"]["podIP"])["count"] == 1  # a fresh app
+            wait_for(f"{old} gone", _gone(lab, app, old), 120, 0.2)
+            assert lab.migration(old) is None
+    finally:
+        lab.source.restart_manager()
+    _nothing_left_of(lab, old_id)
+    lab.delete_deployments()
