@@ -24,6 +24,7 @@ import json
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -50,6 +51,13 @@ def lab(kube_cluster_two_nodes: KubeCluster) -> Iterator[MigrationLab]:
     cluster = kube_cluster_two_nodes
     with migration_lab(cluster=cluster, nodes=cluster.nodes[:2]) as running:
         yield running
+
+
+@pytest.fixture
+def lazy_pages() -> None:
+    """Live migration needs userfaultfd (CRIU's lazy pages): skip where the kernel has none."""
+    if not Path("/proc/sys/vm/unprivileged_userfaultfd").exists():
+        pytest.skip("the kernel has no userfaultfd (CONFIG_USERFAULTFD): no lazy pages")
 
 
 def _get(ip: str, path: str = "/") -> dict[str, object]:
@@ -92,7 +100,8 @@ def _live_available(lab: MigrationLab) -> dict[str, object]:
 
 @pytest.mark.timeout(2400)  # 1 GiB through Python proxies, three times, on a busy VM
 @pytest.mark.parametrize("mib", [256, 1024])
-def test_a_running_pod_moves_live_between_the_nodes(lab: MigrationLab, mib: int) -> None:
+def test_a_running_pod_moves_live_between_the_nodes(lab: MigrationLab, mib: int,
+                                                    lazy_pages: None) -> None:
     app = lab.deployment(scaledown="1h", alloc_mib=mib, extra_annotations=LIVE,
                          probes=LIVE_PROBES)
     pod = lab.wait_new_pod(app, timeout=300)
@@ -133,8 +142,9 @@ def test_a_running_pod_moves_live_between_the_nodes(lab: MigrationLab, mib: int)
 
 
 def test_a_node_that_cannot_do_it_refuses_up_front(lab: MigrationLab) -> None:
-    """fs.pipe-max-size at the machine's value and no CAP_SYS_RESOURCE: the source manager
-    refuses before anything moves; the Migration says why, the replacement starts fresh."""
+    """fs.pipe-max-size at the machine's value and no CAP_SYS_RESOURCE (or no
+    userfaultfd): the source manager refuses before anything moves; the Migration says
+    why, the replacement starts fresh."""
     support = _live_available(lab)
     if support["available"]:
         pytest.skip("live migration is possible on this machine without raising "
@@ -151,7 +161,7 @@ def test_a_node_that_cannot_do_it_refuses_up_front(lab: MigrationLab) -> None:
         lab.migration(old)), 30, 0.1)
     assert phase == "Failed"
     reason = lab.migration(old)["status"]["containers"][0]["condition"]["reason"]  # type: ignore[index]
-    assert "fs.pipe-max-size" in reason and str(support["reason"]) in reason
+    assert str(support["reason"]) in reason
     new = lab.wait_new_pod(app, exclude=[old])
     assert _get(new["status"]["podIP"])["count"] == 1  # a fresh app
     lab.delete_deployments()
@@ -159,7 +169,7 @@ def test_a_node_that_cannot_do_it_refuses_up_front(lab: MigrationLab) -> None:
 
 @pytest.mark.timeout(1200)
 def test_a_page_stream_broken_midway_fails_it_and_the_target_starts_fresh(
-        lab: MigrationLab) -> None:
+        lab: MigrationLab, lazy_pages: None) -> None:
     """The connection between the page-server proxies is cut (in the source node's network
     namespace, ``ss -K``) while the 1 GiB of pages moves: the target's copy cannot get its
     pages and is killed, the kubelet starts the container again, fresh; the ``Migration``
@@ -210,7 +220,8 @@ def test_a_page_stream_broken_midway_fails_it_and_the_target_starts_fresh(
 
 
 @pytest.mark.timeout(600)
-def test_an_unclaimed_live_migration_stops_the_source_as_usual(lab: MigrationLab) -> None:
+def test_an_unclaimed_live_migration_stops_the_source_as_usual(lab: MigrationLab,
+                                                               lazy_pages: None) -> None:
     """The Deployment is scaled to zero: the pod is deleted and no replacement claims its
     ``Migration``. The source shim holds the kubelet's Kill until the claim timeout, then
     the container is stopped as usual (the app ran until then), ``Unclaimed``."""

@@ -78,8 +78,9 @@ async def test_checkpoint_stops_the_app_and_writes_a_private_image(
     assert outcome.image_bytes == tree_size(paths.snapshot) > 0
     assert outcome.stats["pages_written"] > 0
     assert {"freezing_time", "frozen_time", "memdump_time", "memwrite_time"} <= set(outcome.stats)
-    # Frozen before CRIU looked: no 100 ms sleep in CRIU's freezer loop.
-    assert outcome.stats["freezing_time"] < 50_000, outcome.stats
+    # Frozen before CRIU looked: no 100 ms sleep in CRIU's freezer loop (its first sleep
+    # alone would take 100 ms; the margin below that is for a loaded machine).
+    assert outcome.stats["freezing_time"] < 100_000, outcome.stats
     assert 0 < outcome.stats["prefreeze_us"] < 100_000
     dump_log = (paths.work / "dump.log").read_text()
     assert "Will skip in-flight TCP connections" in dump_log  # our config file was used
@@ -177,8 +178,11 @@ async def test_failed_checkpoint_keeps_the_app_running(
 
         assert not outcome.ok
         assert "criu failed" in outcome.error
-        assert "--tcp-established" in outcome.log_tail
         assert len(outcome.log_tail.splitlines()) == 20
+        assert "Dumping FAILED" in outcome.log_tail
+        # the reason is in CRIU's log; how far above the tail's last 20 lines depends on
+        # whether busybox had forked a handler for the held connection (more to unseize)
+        assert "--tcp-established" in (checkpointer.paths.work / "dump.log").read_text()
         assert is_alive(pid) and container.pid == pid
         freezer = Freezer.for_pid(pid)
         assert freezer is not None and freezer.state() == "THAWED"
