@@ -361,7 +361,7 @@ class MigrationController:
         port = self._port()
         if not port:
             await self.writer.set_phase(migration, container.name, Phase.FAILED,
-                                  "the source node's image service is not running")
+                                        "the source node's image service is not running")
             return
         server = Server(self.config.advertise, port)
         await self.writer.set_servers(migration, container.name, server)
@@ -396,8 +396,8 @@ class MigrationController:
             for status in migration.status:
                 if not status.phase.final:
                     await self.writer.set_phase(migration, status.name, Phase.UNCLAIMED,
-                                          f"no pod claimed it within "
-                                          f"{self.config.claim_timeout_s:g} s")
+                                                f"no pod claimed it within "
+                                                f"{self.config.claim_timeout_s:g} s")
             self.counters.unclaimed += 1
             self._mine[(migration.namespace, migration.name)] = replace(
                 migration, status=tuple(replace(s, phase=Phase.UNCLAIMED) if not s.phase.final
@@ -460,10 +460,12 @@ class MigrationController:
                 "migration": ref, "container": container_name, "reason": reason})
             if not isinstance(exc, _Final):
                 with contextlib.suppress(KubeError):
-                    await self.writer.set_phase(migration, container_name, Phase.FAILED, reason)
+                    await self.writer.set_phase(migration, container_name, Phase.FAILED,
+                                                reason)
             return {"image": False, "migration": ref, "reason": reason}
         self.counters.received += 1
-        await self.writer.set_phase(migration, container_name, Phase.COMPLETED, restored_at=_now())
+        await self.writer.set_phase(migration, container_name, Phase.COMPLETED,
+                                    restored_at=_now())
         return {"image": True, "migration": ref, **received}
 
     async def _arrive_live(self, migration: Migration, container_id: str,
@@ -474,22 +476,11 @@ class MigrationController:
         receive in the background; the answer tells the shim to wait for the image. None:
         the container moves cold after all (it slept when its pod was deleted)."""
         ref = f"{migration.namespace}/{migration.name}"
-        deadline = time.monotonic() + self.config.image_timeout_s
-        while True:
-            current = await self.writer.get(migration.namespace, migration.name)
-            if current is None:
-                return {"image": False, "migration": ref, "reason": "the Migration is gone"}
-            source = next(c for c in current.spec.containers if c.name == container_name)
-            status = next((s for s in current.status if s.name == container_name), None)
-            if status is not None and status.phase.final:
-                return {"image": False, "migration": ref,
-                        "reason": f"the migration is {status.phase.value}"}
-            if source.image_server is not None:
-                break
-            if time.monotonic() > deadline:
-                return {"image": False, "migration": ref,
-                        "reason": "the source did not offer the container in time"}
-            await asyncio.sleep(POLL_S)
+        try:
+            current, source = await self._offered(
+                migration, container_name, time.monotonic() + self.config.image_timeout_s)
+        except (TransferError, TimeoutError) as exc:
+            return {"image": False, "migration": ref, "reason": str(exc)}
         if source.page_server is None:
             return None  # handed over asleep: the cold path
         try:
@@ -567,25 +558,33 @@ class MigrationController:
                                              "pod": pod_name, "node": self.node_name})
         return claimed
 
-    async def _receive(self, migration: Migration, container: MigrationContainer,
-                       target_id: str) -> dict[str, Any]:
-        """Wait for the source's image, then rename (same node) or pull it."""
-        deadline = time.monotonic() + self.config.image_timeout_s
+    async def _offered(self, migration: Migration, container: str,
+                       deadline: float) -> tuple[Migration, MigrationContainer]:
+        """The Migration once the source published ``container``'s image server (a sleeping
+        container's hand-over, or a running one's live offer) before ``deadline``
+        (``time.monotonic()``). Raises TransferError (the Migration is gone), _Final (its
+        migration ended) or TimeoutError."""
         while True:
-            current = await self.writer.update(migration.namespace, migration.name, lambda m: None)
+            current = await self.writer.get(migration.namespace, migration.name)
             if current is None:
                 raise TransferError("the Migration was deleted")
-            source = next(c for c in current.spec.containers if c.name == container.name)
-            status = next((s for s in current.status if s.name == container.name), None)
+            source = next(c for c in current.spec.containers if c.name == container)
+            status = next((s for s in current.status if s.name == container), None)
             if status is not None and status.phase.final:
                 raise _Final(f"the migration is {status.phase.value}"
-                                    + (f": {status.reason}" if status.reason else ""))
+                             + (f": {status.reason}" if status.reason else ""))
             if source.image_server is not None:
-                break
+                return current, source
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the source did not hand the image over within "
                                    f"{self.config.image_timeout_s:g} s")
             await asyncio.sleep(POLL_S)
+
+    async def _receive(self, migration: Migration, container: MigrationContainer,
+                       target_id: str) -> dict[str, Any]:
+        """Wait for the source's image, then rename (same node) or pull it."""
+        deadline = time.monotonic() + self.config.image_timeout_s
+        current, source = await self._offered(migration, container.name, deadline)
         image_root = self.config.image_root
         if current.spec.source_node == self.node_name:
             held = self.hold / source.id / SNAPSHOT
@@ -599,6 +598,7 @@ class MigrationController:
                     "wire_bytes": 0}
         if self.creds is None:
             raise TransferError("this node has no migration credentials")
+        assert source.image_server is not None  # what _offered waited for
         remaining = max(1.0, deadline - time.monotonic())
         received = await receive_image(
             source.image_server.address, self.creds, source.id, image_root, target_id,
